@@ -1,0 +1,50 @@
+# aigc — run `make help` for the targets. Everything installs into .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+AIGC := $(VENV)/bin/aigc
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train sample test test-fast lint format tensorboard clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install aigc (editable) with the dev tools
+
+train: $(STAMP) ## train the default model (VAE on built-in shapes); ARGS="model=gan ..." to change
+	$(AIGC) train $(ARGS)
+
+sample: $(STAMP) ## sample the newest run; ARGS="run=<dir> n=16"
+	$(AIGC) sample $(ARGS)
+
+test: $(STAMP) ## run the whole test suite (slow tests included)
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP) ## the tests not marked slow
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+lint: $(STAMP) ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+tensorboard: $(STAMP) ## serve TensorBoard over outputs/
+	$(VENV)/bin/tensorboard --logdir outputs
+
+clean: ## remove runs, caches and build files (keeps .venv)
+	find outputs -mindepth 1 -not -name .gitkeep -exec rm -rf {} +
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,73 @@
+"""Self-describing checkpoints: written atomically, read without running any pickled code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aigc_cli.errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
+    """Write `obj` to `path` so that a crash at any moment leaves either the old or the new file:
+    write a temporary file in the same folder, fsync it, rename it over the target, fsync the
+    folder (so the rename itself survives a power cut)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **obj}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise CheckpointError(
+                f"could not write checkpoint {path}: {e.strerror or e}",
+                hint="the previous checkpoint is kept; free disk space or change the output dir",
+            ) from e
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with `weights_only=True`: tensors and plain containers only, never code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refused to load {path}: it holds objects other than tensors and plain data "
+            "(it may try to run code)",
+            hint="only load checkpoints written by aigc",
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0][:120]})",
+            hint="use another checkpoint of the run, or retrain",
+        ) from e
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+        raise CheckpointError(f"{path} is not an aigc checkpoint (no format_version)")
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {ckpt['format_version']}, newer than this aigc "
+            f"reads ({FORMAT_VERSION})",
+            hint="upgrade aigc",
+        )
+    return ckpt

@@ -1,0 +1,191 @@
+"""Text datasets: tokenizers (character- and byte-level), any UTF-8 file, and a built-in corpus
+(the Python documentation topics that ship with every CPython, so no file or network)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aigc_cli.config import check
+from aigc_cli.data.base import Batch, BatchIterator, DataModule, DataSpec
+from aigc_cli.errors import DataError
+from aigc_cli.registry import DATASETS
+
+
+class CharTokenizer:
+    """One id per distinct character of the training text; the vocabulary travels in the
+    checkpoint (DataSpec.tokenizer), so sampling needs no data."""
+
+    kind = "char"
+
+    def __init__(self, chars: str) -> None:
+        self.chars = chars
+        self.stoi = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def fit(cls, text: str) -> CharTokenizer:
+        return cls("".join(sorted(set(text))))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        missing = sorted({c for c in text if c not in self.stoi})
+        if missing:
+            shown = ", ".join(repr(c) for c in missing[:10])
+            raise DataError(
+                f"text has characters outside the model's {self.vocab_size}-character "
+                f"vocabulary: {shown}",
+                hint="remove them, or train with dataset.tokenizer=byte (any text)",
+            )
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "char", "chars": self.chars}
+
+
+class ByteTokenizer:
+    """UTF-8 bytes: 256 ids, any text, including characters never seen in training."""
+
+    kind = "byte"
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "byte"}
+
+
+Tokenizer = CharTokenizer | ByteTokenizer
+
+
+def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
+    return CharTokenizer(d["chars"]) if d["kind"] == "char" else ByteTokenizer()
+
+
+class _WindowIterator(BatchIterator):
+    """Random windows of block_size + 1 tokens; batch k is drawn from seed and k alone, so the
+    position is one counter."""
+
+    def __init__(self, data: TextData, batch_size: int, seed: int) -> None:
+        self.data, self.batch_size, self.seed, self.count = data, batch_size, seed, 0
+        self.offsets = torch.arange(data.block_size + 1, device=data.device)
+
+    def __next__(self) -> Batch:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.count)
+        self.count += 1
+        high = self.data.train_ids.numel() - self.data.block_size - 1
+        starts = torch.randint(0, high + 1, (self.batch_size,), generator=g).to(self.data.device)
+        chunk = self.data.train_ids[starts[:, None] + self.offsets]  # (B, T + 1)
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.count = int(state["count"])
+
+
+class TextData(DataModule):
+    def __init__(self, text: str, tokenizer: Tokenizer, block_size: int, source: str) -> None:
+        check(block_size >= 1, "dataset.block_size", "must be >= 1")
+        ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+        split = int(0.9 * ids.numel())  # first 90% train, last 10% validation
+        self.train_ids, self.val_ids = ids[:split], ids[split:]
+        for part, name in ((self.train_ids, "training"), (self.val_ids, "validation")):
+            if part.numel() < block_size + 2:
+                raise DataError(
+                    f"{source} is too short: its {name} part has {part.numel()} tokens, "
+                    f"a window needs {block_size + 2}",
+                    hint="use a longer text or a smaller dataset.block_size",
+                )
+        self.block_size = block_size
+        self.tokenizer = tokenizer
+        self.device = torch.device("cpu")
+        self.spec = DataSpec(
+            kind="text",
+            shape=[block_size],
+            vocab_size=tokenizer.vocab_size,
+            tokenizer=tokenizer.to_dict(),
+        )
+
+    def to(self, device: torch.device) -> TextData:
+        self.train_ids, self.val_ids = self.train_ids.to(device), self.val_ids.to(device)
+        self.device = device
+        return self
+
+    def train_iter(self, batch_size: int, seed: int) -> BatchIterator:
+        return _WindowIterator(self, batch_size, seed)
+
+    def eval_iter(self, batch_size: int, max_batches: int = 0) -> Iterator[Batch]:
+        """The whole validation split as consecutive, non-overlapping windows."""
+        t = self.block_size
+        n = (self.val_ids.numel() - 1) // t
+        x = self.val_ids[: n * t].view(n, t)  # (windows, T)
+        y = self.val_ids[1 : n * t + 1].view(n, t)
+        for i, start in enumerate(range(0, n, batch_size)):
+            if max_batches and i >= max_batches:
+                return
+            yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+def make_tokenizer(kind: str, text: str) -> Tokenizer:
+    check(kind in ("char", "byte"), "dataset.tokenizer", f"'{kind}'; choose from: char, byte")
+    return CharTokenizer.fit(text) if kind == "char" else ByteTokenizer()
+
+
+@dataclass
+class TextConfig:
+    name: str = "text"
+    path: str | None = None  # UTF-8 text file; the first 90% trains, the last 10% validates
+    tokenizer: str = "char"  # char (vocabulary from the text) | byte (256 ids, any text)
+    block_size: int = 64  # tokens per training window (the model's context length)
+
+
+@DATASETS.register("text", config=TextConfig)
+def text_file(cfg: TextConfig) -> TextData:
+    """Any UTF-8 text file (dataset.path=...), character- or byte-level."""
+    if not cfg.path:
+        raise DataError("dataset=text needs a file", hint="pass dataset.path=<your file.txt>")
+    path = Path(cfg.path).expanduser()
+    if not path.is_file():
+        raise DataError(f"text file not found: {path}", hint="check dataset.path")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    if not text:
+        raise DataError(f"{path} is empty", hint="point dataset.path at a text with content")
+    return TextData(text, make_tokenizer(cfg.tokenizer, text), cfg.block_size, str(path))
+
+
+@dataclass
+class PydocConfig:
+    name: str = "pydoc"
+    tokenizer: str = "char"  # char | byte
+    block_size: int = 64  # tokens per training window (the model's context length)
+
+
+def pydoc_text() -> str:
+    from pydoc_data.topics import topics
+
+    return "".join(topics[k] for k in sorted(topics))
+
+
+@DATASETS.register("pydoc", config=PydocConfig)
+def pydoc(cfg: PydocConfig) -> TextData:
+    """Python's own documentation topics, shipped with CPython: offline text (built in)."""
+    text = pydoc_text()
+    return TextData(text, make_tokenizer(cfg.tokenizer, text), cfg.block_size, "pydoc corpus")

@@ -1,0 +1,35 @@
+"""User-facing errors: one readable line naming the problem and the fix.
+
+The CLI prints these without a traceback (HYDRA_FULL_ERROR=1 shows it); anything else that
+escapes is a bug in aigc and keeps its traceback.
+"""
+
+
+class AigcError(Exception):
+    """A problem the user can fix; `str()` is the message shown, `hint` says how to fix it."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} ({self.hint})" if self.hint else base
+
+
+class ConfigError(AigcError):
+    """A bad key, type or value in the composed config."""
+
+
+class DataError(AigcError):
+    """A dataset that cannot be found or read."""
+
+
+class CheckpointError(AigcError):
+    """A checkpoint that is missing, corrupt, unsafe or incompatible."""
+
+
+class TrainingError(AigcError):
+    """Training cannot continue (non-finite loss, out of memory)."""

@@ -1,0 +1,52 @@
+"""Evaluation on the test split, shared by the training loop and `aigc eval`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from aigc_cli.data.base import DataModule
+from aigc_cli.models.base import GenerativeModel
+
+
+@contextlib.contextmanager
+def isolated_rng(device: torch.device) -> Iterator[None]:
+    """Random draws inside do not move the training RNG, so periodic evaluation and sampling
+    leave a run's trajectory unchanged (and a resumed run identical to an uninterrupted one)."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+@torch.no_grad()
+def evaluate(
+    model: GenerativeModel,
+    data: DataModule,
+    *,
+    batch_size: int = 256,
+    max_batches: int = 0,
+    num_samples: int = 0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Average the model's per-sample figures over the test split (or its first batches), then
+    add the dataset's sample-based metrics on `num_samples` generated samples."""
+    device = model.device
+    was_training = model.training
+    model.eval()
+    totals: dict[str, torch.Tensor] = {}
+    with isolated_rng(device):
+        torch.manual_seed(seed)
+        for batch in data.eval_iter(batch_size, max_batches):
+            batch = tuple(t.to(device, non_blocking=True) for t in batch)
+            for k, v in model.evaluate(batch).items():
+                totals[k] = totals[k] + v if k in totals else v.detach().clone()
+        n = totals.pop("n")
+        values = torch.stack(list(totals.values())).div(n).tolist()  # one device sync
+        metrics = model.finalize_metrics(dict(zip(totals, values, strict=True)))
+        if num_samples:
+            g = torch.Generator().manual_seed(seed)
+            metrics.update(data.sample_metrics(model.sample(num_samples, generator=g)))
+    model.train(was_training)
+    return metrics

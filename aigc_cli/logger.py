@@ -1,0 +1,169 @@
+"""Where a run reports: TensorBoard events in the run dir, and the rich console (config tree,
+progress bar, end-of-run summary)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.tree import Tree
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+console = Console(stderr=False)
+
+
+def config_tree(cfg: Mapping[str, Any], title: str = "config") -> Tree:
+    tree = Tree(f"[bold]{title}")
+
+    def add(node: Tree, value: Any) -> None:
+        for k, v in value.items():
+            if isinstance(v, Mapping):
+                add(node.add(f"[cyan]{k}"), v)
+            else:
+                node.add(f"[cyan]{k}[/]: {v}")
+
+    add(tree, cfg)
+    return tree
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, *, progress: bool = True, purge_step: int | None = None):
+        self.run_dir = Path(run_dir)
+        # purge_step drops events past it, so a resumed run has no duplicate steps.
+        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge_step)
+        self.show_progress = progress
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    # ---- TensorBoard ------------------------------------------------------------------
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+
+    def image(self, tag: str, grid: Tensor, step: int) -> None:
+        self.writer.add_image(tag, grid.clamp(0, 1).cpu(), step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        # TensorBoard renders markdown: indent by 4 spaces so text shows verbatim.
+        self.writer.add_text(tag, "    " + text.replace("\n", "\n    "), step)
+
+    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
+        """hparams + final metrics in the run's own event file (add_hparams would make a new
+        subfolder, splitting the run in two in TensorBoard's list)."""
+        clean = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()
+        }
+        tagged = {f"hparam/{k}": float(v) for k, v in metrics.items()}
+        for summary in hparams_summary(clean, tagged):
+            self.writer.file_writer.add_summary(summary)
+        self.scalars(tagged, step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    # ---- console ----------------------------------------------------------------------
+    def print(self, *args: Any) -> None:
+        (self._progress.console if self._progress else console).print(*args)
+
+    def start_progress(self, total: int, completed: int = 0) -> None:
+        if not self.show_progress:
+            return
+        self._progress = Progress(
+            TextColumn("[bold blue]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[rate]} samples/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            refresh_per_second=4,
+        )
+        self._task = self._progress.add_task(
+            "train", total=total, completed=completed, loss="-", rate="-"
+        )
+        self._progress.start()
+
+    def advance(self, completed: int, **fields: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=completed, **fields)
+
+    def stop_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def summary(self, metrics: Mapping[str, float], rows: Mapping[str, str]) -> None:
+        table = Table(title="run summary", show_header=True, header_style="bold")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in metrics.items():
+            table.add_row(k, f"{v:.4g}")
+        for k, v in rows.items():
+            table.add_row(f"[dim]{k}", v)
+        console.print(table)
+
+
+class Throughput:
+    """Samples per second between two calls of `rate()`."""
+
+    def __init__(self) -> None:
+        self.t = time.perf_counter()
+        self.samples = 0
+
+    def add(self, n: int) -> None:
+        self.samples += n
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        r = self.samples / max(now - self.t, 1e-9)
+        self.t, self.samples = now, 0
+        return r
+
+
+def save_grid(images: Tensor, path: Path, nrow: int = 8) -> Tensor:
+    """Save (N, C, H, W) images in [0, 1] as one PNG grid; returns the grid (C, H', W')."""
+    from torchvision.utils import make_grid, save_image
+
+    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, str(path))
+    return grid
+
+
+def to_grid(images: Tensor, nrow: int = 8) -> Tensor:
+    from torchvision.utils import make_grid
+
+    return make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2)
+
+
+__all__ = ["RunLogger", "Throughput", "config_tree", "console", "flatten", "save_grid", "to_grid"]

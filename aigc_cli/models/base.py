@@ -1,0 +1,74 @@
+"""The interface every model family implements. Models own their math (losses, optimizer
+groups, sampling); the training loop owns the mechanics (backward, AMP, clipping, stepping)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from aigc_cli.config import OptimConfig
+from aigc_cli.data.base import Batch, DataSpec
+from aigc_cli.errors import ConfigError
+from aigc_cli.optim import make_optimizer
+
+
+@dataclass
+class Stage:
+    """One optimizer update: the loop backprops `loss` and steps `optimizers[opt_name]`."""
+
+    opt_name: str
+    loss: Tensor
+    scalars: dict[str, Tensor]  # logged as <opt_name>/<key>; detached tensors, no .item() here
+
+
+class GenerativeModel(nn.Module):
+    Config: type  # each family defines a dataclass of every hyperparameter
+
+    #: DataSpec kinds the family can train on
+    data_kinds: tuple[str, ...] = ("image",)
+
+    def __init__(self, cfg: Any, data: DataSpec) -> None:
+        super().__init__()
+        if data.kind not in self.data_kinds:
+            raise ConfigError(
+                f"model '{cfg.name}' cannot train on {data.kind} data",
+                hint=f"pick a dataset with {' or '.join(self.data_kinds)} data; see `aigc list`",
+            )
+        self.cfg = cfg
+        self.spec = data
+
+    def optimizers(self, optim: OptimConfig) -> dict[str, Optimizer]:
+        """Named optimizers; one per stage name that training_step yields."""
+        return {"model": make_optimizer(self.parameters(), optim)}
+
+    def training_step(self, batch: Batch, step: int) -> Iterator[Stage]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> dict[str, Tensor]:
+        """Per-batch sums of per-sample figures, plus "n": the number of samples (or tokens) they
+        are summed over. The caller divides the totals by the total n."""
+        raise NotImplementedError
+
+    def finalize_metrics(self, means: dict[str, float]) -> dict[str, float]:
+        """Derived metrics (bits/dim, perplexity) from the averaged figures."""
+        return means
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None, **kw: Any) -> Any:
+        """`n` images in [0, 1] as (n, C, H, W), points as (n, D), or a list of texts."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def log_images(self, batch: Batch) -> dict[str, Tensor]:
+        """Extra image grids to log at each sample interval (e.g. reconstructions)."""
+        return {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device

@@ -1,0 +1,285 @@
+"""GAN (Goodfellow et al. 2014) with DCGAN-style networks (Radford et al. 2016) for images and
+MLPs for 2-D points; non-saturating, hinge or WGAN-GP (Gulrajani et al. 2017) losses; optional
+spectral norm on D (Miyato et al. 2018); class-conditional G and projection D (Miyato &
+Koyama 2018). Training is two stages per step: discriminator, then generator."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm as _sn
+from torch.optim import Optimizer
+
+from aigc_cli.config import OptimConfig, check
+from aigc_cli.data.base import Batch, DataSpec
+from aigc_cli.models.base import GenerativeModel, Stage
+from aigc_cli.models.vae import conv_levels, level_channels
+from aigc_cli.optim import make_optimizer
+from aigc_cli.registry import MODELS
+
+LOSSES = ("non_saturating", "hinge", "wgan_gp")
+
+
+class ConvGenerator(nn.Module):
+    """z (+ class embedding) → (B, C, S, S) in [-1, 1]; upsampling from the D's final size."""
+
+    def __init__(self, z_dim: int, out_ch: int, size: int, base: int, cap: int) -> None:
+        super().__init__()
+        levels, self.start = conv_levels(size)
+        ch = level_channels(base, levels, cap)[::-1]
+        self.size, self.ch0 = size, ch[0]
+        self.fc = nn.Sequential(
+            nn.Linear(z_dim, ch[0] * self.start**2),
+            nn.BatchNorm1d(ch[0] * self.start**2),
+            nn.ReLU(),
+        )
+        layers: list[nn.Module] = []
+        for i in range(levels):
+            layers += [
+                nn.ConvTranspose2d(ch[i], ch[i + 1], 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ch[i + 1]),
+                nn.ReLU(),
+            ]
+        layers += [nn.Conv2d(ch[-1], out_ch, 3, padding=1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.fc(z).view(-1, self.ch0, self.start, self.start)  # (B, ch0, s0, s0)
+        out = self.net(h)  # (B, C, s0 * 2^levels, same)
+        off = (out.shape[-1] - self.size) // 2
+        return out[..., off : off + self.size, off : off + self.size]
+
+
+class ConvDiscriminator(nn.Module):
+    """(B, C, S, S) → features (B, F); no batch norm, so the WGAN-GP penalty stays per-sample."""
+
+    def __init__(self, in_ch: int, size: int, base: int, cap: int, sn: bool) -> None:
+        super().__init__()
+        levels, final = conv_levels(size)
+        ch = level_channels(base, levels, cap)
+        self.out_dim = ch[-1] * final**2
+        wrap = _sn if sn else (lambda m: m)
+        layers: list[nn.Module] = [wrap(nn.Conv2d(in_ch, ch[0], 3, padding=1)), nn.LeakyReLU(0.2)]
+        for i in range(levels):
+            layers += [wrap(nn.Conv2d(ch[i], ch[i + 1], 4, 2, 1)), nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).flatten(1)
+
+
+def mlp(
+    sizes: list[int], act: nn.Module, sn: bool = False, last_act: bool = False
+) -> nn.Sequential:
+    wrap = _sn if sn else (lambda m: m)
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(wrap(nn.Linear(sizes[i], sizes[i + 1])))
+        if i < len(sizes) - 2 or last_act:
+            layers.append(act)
+    return nn.Sequential(*layers)
+
+
+class Generator(nn.Module):
+    def __init__(self, body: nn.Module, z_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.body = body
+        self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
+
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(y)], dim=1)  # (B, 2 * z_dim)
+        return self.body(z)
+
+
+class Discriminator(nn.Module):
+    """Features → one logit; conditional D adds the projection <embed(y), features>."""
+
+    def __init__(self, features: nn.Module, feat_dim: int, num_classes: int, sn: bool) -> None:
+        super().__init__()
+        wrap = _sn if sn else (lambda m: m)
+        self.features = features
+        self.head = wrap(nn.Linear(feat_dim, 1))
+        self.embed = wrap(nn.Embedding(num_classes, feat_dim)) if num_classes else None
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        h = self.features(x)  # (B, F)
+        out = self.head(h).squeeze(1)  # (B,)
+        if self.embed is not None:
+            out = out + (self.embed(y) * h).sum(1)
+        return out
+
+
+def gradient_penalty(
+    disc: nn.Module, real: Tensor, fake: Tensor, y: Tensor | None, eps: Tensor | None = None
+) -> Tensor:
+    """WGAN-GP: E[(||∇_x̂ D(x̂)||₂ − 1)²] at x̂ = ε·real + (1−ε)·fake, ε ~ U(0, 1) per sample.
+    The norm is over all of a sample's dimensions (not per pixel, and not over the batch)."""
+    if eps is None:
+        eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    out = disc(x_hat, y)
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+@MODELS.register("gan")
+class GAN(GenerativeModel):
+    """DCGAN / MLP GAN: non-saturating, hinge or WGAN-GP loss; EMA, conditional, spectral norm."""
+
+    data_kinds = ("image", "points")
+
+    @dataclass
+    class Config:
+        name: str = "gan"
+        loss: str = "non_saturating"  # non_saturating | hinge | wgan_gp
+        latent_dim: int = 64  # size of z
+        g_channels: int = 32  # G channels at full resolution; doubled per level going down
+        d_channels: int = 32  # D channels at full resolution; doubled per level
+        max_channels: int = 256  # cap on the doubling
+        hidden: int = 256  # width of the MLPs used for 2-D point data
+        spectral_norm: bool = False  # spectral normalisation on every D layer
+        gp_weight: float = 10.0  # WGAN-GP penalty weight (wgan_gp only)
+        n_critic: int = 1  # D updates per G update (5 is usual with wgan_gp)
+        conditional: bool = False  # class-conditional G and projection D (needs labels)
+        d_lr: float | None = None  # discriminator learning rate; null = optim.lr
+        d_betas: list[float] | None = None  # discriminator Adam betas; null = optim.betas
+
+    def __init__(self, cfg: Config, data: DataSpec) -> None:
+        super().__init__(cfg, data)
+        check(cfg.loss in LOSSES, "model.loss", f"'{cfg.loss}'; choose from: {', '.join(LOSSES)}")
+        check(cfg.latent_dim >= 1, "model.latent_dim", "must be >= 1")
+        check(cfg.n_critic >= 1, "model.n_critic", "must be >= 1")
+        check(cfg.gp_weight >= 0, "model.gp_weight", "must be >= 0")
+        if cfg.conditional:
+            check(
+                data.num_classes > 0,
+                "model.conditional",
+                "the dataset has no labels; use model.conditional=false",
+            )
+        classes = data.num_classes if cfg.conditional else 0
+        self.num_classes = classes
+        z_in = cfg.latent_dim * (2 if classes else 1)
+        if data.kind == "points":
+            dim = data.shape[0]
+            g_body: nn.Module = mlp([z_in, cfg.hidden, cfg.hidden, cfg.hidden, dim], nn.ReLU())
+            feats = mlp(
+                [dim, cfg.hidden, cfg.hidden, cfg.hidden],
+                nn.LeakyReLU(0.2),
+                cfg.spectral_norm,
+                last_act=True,
+            )
+            feat_dim = cfg.hidden
+        else:
+            c, h, w = data.shape
+            check(h == w, "dataset.image_size", f"{h}x{w}: the GAN needs square images")
+            g_body = ConvGenerator(z_in, c, h, cfg.g_channels, cfg.max_channels)
+            d_feats = ConvDiscriminator(c, h, cfg.d_channels, cfg.max_channels, cfg.spectral_norm)
+            feats, feat_dim = d_feats, d_feats.out_dim
+        self.generator = Generator(g_body, cfg.latent_dim, classes)
+        self.discriminator = Discriminator(feats, feat_dim, classes, cfg.spectral_norm)
+        self.grid_nrow = 0  # set by sample(): one row per class when conditional
+
+    # ---- data scaling: images live in [0, 1] outside, [-1, 1] inside (tanh output) --------
+    def _to_model(self, x: Tensor) -> Tensor:
+        return x * 2 - 1 if self.spec.kind == "image" else x
+
+    def _from_model(self, x: Tensor) -> Tensor:
+        return ((x + 1) / 2).clamp(0, 1) if self.spec.kind == "image" else x
+
+    def _labels(self, batch: Batch) -> Tensor | None:
+        return batch[1].long() if self.num_classes else None
+
+    def optimizers(self, optim: OptimConfig) -> dict[str, Optimizer]:
+        return {
+            "disc": make_optimizer(
+                self.discriminator.parameters(), optim, lr=self.cfg.d_lr, betas=self.cfg.d_betas
+            ),
+            "gen": make_optimizer(self.generator.parameters(), optim),
+        }
+
+    def d_loss(self, real: Tensor, fake: Tensor, y: Tensor | None) -> tuple[Tensor, dict]:
+        d_real, d_fake = self.discriminator(real, y), self.discriminator(fake, y)
+        scalars = {"real": d_real.mean().detach(), "fake": d_fake.mean().detach()}
+        if self.cfg.loss == "non_saturating":
+            loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        elif self.cfg.loss == "hinge":
+            loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        else:
+            with torch.autocast(real.device.type, enabled=False):  # second-order grads in fp32
+                gp = gradient_penalty(self.discriminator, real.float(), fake.float(), y)
+            loss = d_fake.mean() - d_real.mean() + self.cfg.gp_weight * gp
+            scalars["gp"] = gp.detach()
+        return loss, scalars
+
+    def g_loss(self, fake: Tensor, y: Tensor | None) -> Tensor:
+        d_fake = self.discriminator(fake, y)
+        if self.cfg.loss == "non_saturating":
+            return F.softplus(-d_fake).mean()
+        return -d_fake.mean()
+
+    def training_step(self, batch: Batch, step: int) -> Iterator[Stage]:
+        real = self._to_model(batch[0])
+        y = self._labels(batch)
+        z = torch.randn(real.shape[0], self.cfg.latent_dim, device=real.device)
+        fake = self.generator(z, y)
+        loss, scalars = self.d_loss(real, fake.detach(), y)
+        yield Stage("disc", loss, {"loss": loss.detach(), **scalars})
+        if (step + 1) % self.cfg.n_critic == 0:
+            # D has just been updated: score the same fakes again through the new D.
+            g = self.g_loss(fake, y)
+            yield Stage("gen", g, {"loss": g.detach()})
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> dict[str, Tensor]:
+        """D's view of held-out real data vs fresh fakes (GAN quality is judged on samples)."""
+        real = self._to_model(batch[0])
+        y = self._labels(batch)
+        z = torch.randn(real.shape[0], self.cfg.latent_dim, device=real.device)
+        fake = self.generator(z, y)
+        d_real, d_fake = self.discriminator(real, y), self.discriminator(fake, y)
+        n = torch.tensor(float(real.shape[0]), device=real.device)
+        return {"d_real": d_real.sum(), "d_fake": d_fake.sum(), "n": n}
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        classes: list[int] | None = None,
+        **kw: Any,
+    ) -> Tensor:
+        """`n` samples; a conditional GAN gives one grid row per class (of `classes`, default
+        all), n // len(classes) samples each."""
+        y = None
+        if self.num_classes:
+            wanted = list(range(self.num_classes)) if classes is None else list(classes)
+            per = max(1, n // len(wanted))
+            y = torch.tensor(wanted).repeat_interleave(per).to(self.device)
+            n, self.grid_nrow = per * len(wanted), per
+        else:
+            self.grid_nrow = 0
+        z = torch.randn(n, self.cfg.latent_dim, generator=generator).to(self.device)
+        return self._from_model(self.generator(z, y).float())
+
+    @torch.no_grad()
+    def interpolate(
+        self, n: int, *, generator: torch.Generator | None = None, steps: int = 8
+    ) -> tuple[Tensor, int]:
+        """Rows of spherical interpolations between random latent pairs."""
+        from aigc_cli.models.latent import slerp_rows
+
+        rows = max(1, math.ceil(n / steps))
+        z = slerp_rows(rows, steps, self.cfg.latent_dim, generator).to(self.device)
+        y = None
+        if self.num_classes:
+            y = torch.randint(0, self.num_classes, (rows,), generator=generator)
+            y = y.repeat_interleave(steps).to(self.device)
+        return self._from_model(self.generator(z, y).float()), steps

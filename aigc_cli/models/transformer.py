@@ -1,0 +1,256 @@
+"""Decoder-only Transformer (GPT-2 style, after nanoGPT): pre-LayerNorm blocks, causal
+self-attention through scaled_dot_product_attention, GELU MLP, tied input/output embeddings;
+sampling with a key/value cache, temperature, top-k and top-p."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from aigc_cli.config import OptimConfig, check
+from aigc_cli.data.base import Batch, DataSpec
+from aigc_cli.data.text import tokenizer_from_dict
+from aigc_cli.errors import DataError
+from aigc_cli.models.base import GenerativeModel, Stage
+from aigc_cli.optim import make_optimizer
+from aigc_cli.registry import MODELS
+
+KVCache = list[dict[str, Tensor]]  # one {"k", "v"} per layer, each (B, heads, T_past, head_dim)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, dropout: float) -> None:
+        super().__init__()
+        self.n_head, self.dropout = n_head, dropout
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, cache: dict[str, Tensor] | None = None) -> Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=2)  # (B, T, C) each
+        q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
+        # q, k, v: (B, heads, T, head_dim)
+        past = 0
+        if cache is not None:
+            if "k" in cache:
+                past = cache["k"].shape[2]
+                k = torch.cat([cache["k"], k], dim=2)  # (B, heads, T_past + T, head_dim)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        if past and t > 1:
+            raise ValueError("the KV cache takes one token at a time after the prompt")
+        # New tokens see all cached ones; within a fresh sequence the mask is causal.
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=past == 0 and t > 1, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, heads, T, head_dim)
+        y = y.transpose(1, 2).contiguous().view(b, t, c)  # (B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, dropout: float) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(n_embd)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout)
+        self.ln2 = nn.LayerNorm(n_embd)
+        self.mlp = nn.Sequential(
+            nn.Linear(n_embd, 4 * n_embd),
+            nn.GELU(),
+            nn.Linear(4 * n_embd, n_embd),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor, cache: dict[str, Tensor] | None = None) -> Tensor:
+        x = x + self.attn(self.ln1(x), cache)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """Token ids (B, T) → next-token logits (B, T, vocab)."""
+
+    def __init__(
+        self, vocab: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.block_size = block_size
+        self.wte = nn.Embedding(vocab, n_embd)
+        self.wpe = nn.Embedding(block_size, n_embd)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(n_embd, n_head, dropout) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.head = nn.Linear(n_embd, vocab, bias=False)
+        self.head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * n_layer))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
+        t = idx.shape[1]
+        past = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
+        if past + t > self.block_size:
+            raise ValueError(f"sequence of {past + t} tokens exceeds block_size {self.block_size}")
+        pos = torch.arange(past, past + t, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache[i] if cache is not None else None)
+        return self.head(self.ln_f(x))  # (B, T, vocab)
+
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Set logits outside the top-k and outside the top-p nucleus to -inf. The nucleus is the
+    smallest set of most likely tokens whose probability reaches top_p (the token that crosses
+    the threshold is kept)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        before = probs.cumsum(-1) - probs  # mass strictly before each token
+        drop_sorted = before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@MODELS.register("transformer")
+class Transformer(GenerativeModel):
+    """GPT-style decoder-only Transformer for text, with KV-cache sampling."""
+
+    data_kinds = ("text",)
+
+    @dataclass
+    class Config:
+        name: str = "transformer"
+        n_layer: int = 4  # transformer blocks
+        n_head: int = 4  # attention heads per block
+        n_embd: int = 128  # embedding width (divisible by n_head)
+        block_size: int = 0  # context length; 0 = dataset.block_size
+        dropout: float = 0.0  # dropout on embeddings, attention output and MLP
+
+    def __init__(self, cfg: Config, data: DataSpec) -> None:
+        super().__init__(cfg, data)
+        check(cfg.n_layer >= 1 and cfg.n_head >= 1, "model.n_layer", "layers and heads >= 1")
+        check(
+            cfg.n_embd % cfg.n_head == 0,
+            "model.n_embd",
+            f"{cfg.n_embd} must be divisible by model.n_head={cfg.n_head}",
+        )
+        check(0 <= cfg.dropout < 1, "model.dropout", "must be in [0, 1)")
+        block = cfg.block_size or data.shape[0]
+        check(
+            block >= data.shape[0],
+            "model.block_size",
+            f"{block} is shorter than the dataset's windows ({data.shape[0]})",
+        )
+        self.tokenizer = tokenizer_from_dict(data.tokenizer)
+        self.gpt = GPT(data.vocab_size, block, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout)
+
+    def optimizers(self, optim: OptimConfig) -> dict[str, Optimizer]:
+        """AdamW with weight decay on matrices only (embeddings included, as in nanoGPT), never
+        on biases or LayerNorm gains."""
+        decay = [p for p in self.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": optim.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return {"model": make_optimizer(groups, optim)}
+
+    def training_step(self, batch: Batch, step: int) -> Iterator[Stage]:
+        x, y = batch
+        logits = self.gpt(x)  # (B, T, vocab)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        yield Stage("model", loss, {"loss": loss.detach()})
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> dict[str, Tensor]:
+        x, y = batch
+        logits = self.gpt(x).float()
+        nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
+        return {"loss": nll, "n": torch.tensor(float(y.numel()), device=y.device)}
+
+    def finalize_metrics(self, means: dict[str, float]) -> dict[str, float]:
+        loss = means["loss"]
+        unit = "char" if self.tokenizer.kind == "char" else "byte"
+        return {
+            "loss": loss,
+            f"bits_per_{unit}": loss / math.log(2),
+            "perplexity": math.exp(min(loss, 50.0)),
+        }
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        prompt: str = "",
+        max_new_tokens: int = 256,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        stream: Callable[[str], None] | None = None,
+        **kw: Any,
+    ) -> list[str]:
+        """`n` continuations of `prompt` (each starts with it); `stream` receives the first
+        one's text as it is generated."""
+        device = self.device
+        start = self.tokenizer.encode(prompt) if prompt else [self._newline_id()]
+        ids = torch.tensor([start] * n, dtype=torch.long, device=device)  # (n, T0)
+        if generator is None:
+            generator = torch.Generator().manual_seed(torch.seed() % 2**62)
+        # Draw on the model's device from a generator seeded by the caller's, so a seed gives
+        # the same text whatever the device's RNG did before.
+        dev_gen = torch.Generator(device).manual_seed(
+            int(torch.randint(0, 2**62, (1,), generator=generator))
+        )
+        if stream and prompt:
+            stream(prompt)
+        block = self.gpt.block_size
+        cache: KVCache = [{} for _ in self.gpt.blocks]
+        logits = self.gpt(ids[:, -block:], cache)[:, -1]  # prefill: (n, vocab)
+        pending: list[int] = []
+        for _ in range(max_new_tokens):
+            probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+            nxt = torch.multinomial(probs, 1, generator=dev_gen)  # (n, 1)
+            ids = torch.cat([ids, nxt], dim=1)
+            if stream:
+                pending.append(int(nxt[0, 0]))
+                text = self.tokenizer.decode(pending)
+                if "\ufffd" not in text or len(pending) > 4:  # wait for whole UTF-8 chars
+                    stream(text)
+                    pending = []
+            if cache[0]["k"].shape[2] >= block:
+                # Context full: positions are absolute, so re-encode the most recent 3/4 of a
+                # block afresh (one full pass every block/4 tokens instead of every token).
+                cache = [{} for _ in self.gpt.blocks]
+                logits = self.gpt(ids[:, -(3 * block // 4) :], cache)[:, -1]
+            else:
+                logits = self.gpt(nxt, cache)[:, -1]
+        if stream and pending:
+            stream(self.tokenizer.decode(pending))
+        skip = 0 if prompt else len(start)  # the newline we started from is not output
+        return [self.tokenizer.decode(row[skip:]) for row in ids.tolist()]
+
+    def _newline_id(self) -> int:
+        try:
+            return self.tokenizer.encode("\n")[0]
+        except DataError:  # a char vocabulary without newlines
+            return 0

@@ -1,0 +1,165 @@
+"""Glue between the Hydra apps and the library: where the run dir comes from, how a resumed
+run's config is rebuilt, what a sweep optimises."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from aigc_cli.config import check, validate
+from aigc_cli.errors import AigcError, ConfigError
+
+
+class UserExit(BaseException):
+    """Carries an AigcError out of a single Hydra run. A BaseException passes Hydra's job
+    runner untouched, so it prints no 'Error executing job' banner before our one line."""
+
+    def __init__(self, error: AigcError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """In a multirun, errors stay ordinary exceptions: Hydra marks that job failed and the
+    sweep goes on."""
+    try:
+        yield
+    except AigcError as e:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        raise UserExit(e) from e
+
+
+def _hydra_run_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
+
+def resumed_config(cfg: DictConfig) -> DictConfig:
+    """The checkpoint's own config, with this command's `key=value` overrides on top: a resumed
+    run trains the model it started with, e.g. `aigc train resume=latest trainer.max_steps=5000`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from aigc_cli.build import resolve_checkpoint
+    from aigc_cli.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(resolve_checkpoint(cfg.resume))
+    base = OmegaConf.create(ckpt["config"])
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    dotlist = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key == "resume" or key.startswith("hydra"):
+            continue
+        if "." not in key and key not in ("seed", "optimized_metric"):
+            raise ConfigError(
+                f"cannot change '{key}' when resuming; the run continues with its own {key}",
+                hint="start a new run to train something else",
+            )
+        dotlist.append(o.lstrip("+"))
+    merged = OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))
+    merged.resume = cfg.resume
+    return merged  # type: ignore[return-value]
+
+
+def run_train(cfg: DictConfig) -> float | None:
+    with user_errors():
+        return _run_train(cfg)
+
+
+def run_sample(cfg: DictConfig) -> Path:
+    from aigc_cli.sample import sample
+
+    with user_errors():
+        return sample(cfg)
+
+
+def run_eval(cfg: DictConfig) -> dict[str, float]:
+    with user_errors():
+        return _run_eval(cfg)
+
+
+def _run_train(cfg: DictConfig) -> float | None:
+    from aigc_cli.config import validate_optim, validate_trainer
+
+    if cfg.get("resume"):
+        cfg = resumed_config(cfg)
+    # Fail on a bad trainer/optim value before paying for importing torch.
+    validate_trainer(cfg.trainer)
+    validate_optim(cfg.optim)
+    from aigc_cli.train import train
+
+    metrics = train(cfg, run_dir=_hydra_run_dir())
+    key = cfg.get("optimized_metric")
+    if key and key not in metrics:
+        raise ConfigError(
+            f"optimized_metric '{key}' is not among the final metrics; "
+            f"choose from: {', '.join(metrics)}"
+        )
+    return metrics[key] if key else None
+
+
+def _run_eval(node: DictConfig) -> dict[str, float]:
+    """`aigc eval`: the test metrics of a run's checkpoint, printed and saved in the run."""
+    from dataclasses import dataclass
+
+    import torch
+
+    from aigc_cli.build import build_data, load_run, resolve_checkpoint, resolve_device, run_dir_of
+    from aigc_cli.evaluate import evaluate
+    from aigc_cli.logger import console
+    from aigc_cli.train import _has_sample_metrics
+
+    @dataclass
+    class EvalConfig:
+        run: str | None = None  # run dir or checkpoint file; null = the newest run
+        checkpoint: str = "last"  # last | best
+        device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+        batch_size: int = 256  # evaluation batch size
+        max_batches: int = 0  # 0 = the whole test split
+        num_samples: int = 2500  # generated samples for sample-based metrics
+        seed: int = 0  # seed of the Monte-Carlo estimates and samples
+        ema: bool = True  # evaluate the EMA weights when the run kept them
+
+    cfg = validate("eval", EvalConfig, {k: v for k, v in node.items() if k != "hydra"})
+    check(cfg.batch_size >= 1, "batch_size", "must be >= 1")
+    ckpt_path = resolve_checkpoint(cfg.run, cfg.checkpoint)
+    device = resolve_device(cfg.device)
+    model, ckpt = load_run(ckpt_path, device, use_ema=cfg.ema)
+    data = build_data(ckpt["dataset"]["config"]).to(device)
+    torch.manual_seed(cfg.seed)
+    metrics = evaluate(
+        model,
+        data,
+        batch_size=cfg.batch_size,
+        max_batches=cfg.max_batches,
+        num_samples=cfg.num_samples if _has_sample_metrics(data) else 0,
+        seed=cfg.seed,
+    )
+    from rich.table import Table
+
+    table = Table(title=f"eval of {ckpt_path} (step {ckpt['step']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(f"test/{k}", f"{v:.5g}")
+    console.print(table)
+    out = run_dir_of(ckpt_path) / "eval.json"
+    record: dict[str, Any] = {
+        "checkpoint": str(ckpt_path),
+        "step": ckpt["step"],
+        **{f"test/{k}": v for k, v in metrics.items()},
+    }
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    console.print(f"[green]written[/] {out}")
+    return metrics

@@ -1,0 +1,61 @@
+import pytest
+
+from aigc_cli.build import build_data, build_model
+from aigc_cli.config import OptimConfig, TrainerConfig, validate, validate_optim, validate_trainer
+from aigc_cli.errors import ConfigError
+
+
+def test_yaml_defaults_match_schemas(make_cfg):
+    """Every key in the trainer/optim YAML exists in the dataclass and vice versa."""
+    cfg = make_cfg()
+    assert set(cfg.trainer) == {f for f in TrainerConfig.__dataclass_fields__}
+    assert set(cfg.optim) == {f for f in OptimConfig.__dataclass_fields__}
+    validate_trainer(cfg.trainer)
+    validate_optim(cfg.optim)
+
+
+def test_misspelled_key_names_key_and_allowed():
+    with pytest.raises(ConfigError) as e:
+        validate("trainer", TrainerConfig, {"max_step": 3})
+    msg = str(e.value)
+    assert "trainer.max_step" in msg and "max_steps" in msg
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"trainer\.max_steps"):
+        validate("trainer", TrainerConfig, {"max_steps": "many"})
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "key"),
+    [
+        ("optim", {"lr": -1.0}, "optim.lr"),
+        ("trainer", {"batch_size": 0}, "trainer.batch_size"),
+        ("trainer", {"precision": "8"}, "trainer.precision"),
+        ("optim", {"schedule": "linear"}, "optim.schedule"),
+    ],
+)
+def test_out_of_range_values(section, values, key):
+    fn = validate_optim if section == "optim" else validate_trainer
+    with pytest.raises(ConfigError, match=key):
+        fn(values)
+
+
+def test_model_config_misspelled_key(make_cfg):
+    cfg = make_cfg("+model.latnt_dim=3")
+    data = build_data(cfg.dataset)
+    with pytest.raises(ConfigError, match=r"model\.latnt_dim.*latent_dim"):
+        build_model(cfg.model, data.spec)
+
+
+def test_image_size_the_architecture_cannot_take(make_cfg):
+    cfg = make_cfg("dataset.image_size=4")
+    with pytest.raises(ConfigError, match=r"dataset\.image_size"):
+        build_data(cfg.dataset)
+
+
+def test_model_dataset_mismatch(make_cfg):
+    cfg = make_cfg(dataset="gaussians")
+    data = build_data(cfg.dataset)
+    with pytest.raises(ConfigError, match="cannot train on points data"):
+        build_model(cfg.model, data.spec)

@@ -1,0 +1,174 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from aigc_cli.config import OptimConfig
+from aigc_cli.data.base import DataSpec
+from aigc_cli.models.gan import GAN, gradient_penalty
+from aigc_cli.train import apply_stage, train
+
+from .conftest import read_scalars
+
+
+class LinearCritic(nn.Module):
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w)
+
+    def forward(self, x, y=None):
+        return (x.flatten(1) * self.w.flatten()).sum(1)
+
+
+def test_wgan_gp_penalty_by_hand():
+    """D(x) = w·x has gradient w everywhere, so the penalty is (||w||₂ − 1)², for any
+    interpolation point and any batch size; with w = (3, 4) that is (5 − 1)² = 16."""
+    critic = LinearCritic(torch.tensor([3.0, 4.0]))
+    real, fake = torch.randn(7, 2), torch.randn(7, 2)
+    gp = gradient_penalty(critic, real, fake, None)
+    assert gp.item() == pytest.approx(16.0)
+    # images: the norm is over all of a sample's pixels, not per pixel or over the batch
+    w = torch.full((1, 2, 2), 0.5)  # ||w|| = sqrt(4 * 0.25) = 1 → zero penalty
+    critic2 = LinearCritic(w)
+    gp2 = gradient_penalty(critic2, torch.randn(5, 1, 2, 2), torch.randn(5, 1, 2, 2), None)
+    assert gp2.item() == pytest.approx(0.0, abs=1e-10)
+    # and the penalty's gradient reaches the critic's weights (create_graph=True)
+    gp.backward()
+    # d/dw (||w|| - 1)^2 = 2 (||w|| - 1) w / ||w|| = 2 * 4 * (3, 4) / 5
+    assert torch.allclose(critic.w.grad, torch.tensor([4.8, 6.4]))
+
+
+def _gan(loss="non_saturating", kind="image", conditional=False, sn=False):
+    spec = (
+        DataSpec(kind="image", shape=[3, 32, 32], num_classes=3)
+        if kind == "image"
+        else DataSpec(kind="points", shape=[2], num_classes=8)
+    )
+    cfg = GAN.Config(
+        loss=loss,
+        latent_dim=8,
+        g_channels=8,
+        d_channels=8,
+        max_channels=16,
+        hidden=32,
+        conditional=conditional,
+        spectral_norm=sn,
+    )
+    return GAN(cfg, spec)
+
+
+def test_each_stage_changes_only_its_network():
+    torch.manual_seed(0)
+    model = _gan()
+    opts = model.optimizers(OptimConfig(lr=1e-2))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    batch = (torch.rand(6, 3, 32, 32), torch.randint(0, 3, (6,)))
+    stages = model.training_step(batch, 0)
+    params = lambda: {k: v.detach().clone() for k, v in model.named_parameters()}  # noqa: E731
+    before = params()
+    d_stage = next(stages)
+    assert d_stage.opt_name == "disc"
+    apply_stage(d_stage, opts, scaler, 0.0)
+    after_d = params()
+    changed = {k for k in before if not torch.equal(before[k], after_d[k])}
+    assert changed and all(k.startswith("discriminator.") for k in changed)
+    g_stage = next(stages)
+    assert g_stage.opt_name == "gen"
+    apply_stage(g_stage, opts, scaler, 0.0)
+    after_g = params()
+    changed = {k for k in after_d if not torch.equal(after_d[k], after_g[k])}
+    assert changed and all(k.startswith("generator.") for k in changed)
+    assert next(stages, None) is None
+
+
+def test_n_critic_yields_generator_stage_every_n_steps():
+    model = _gan("wgan_gp")
+    model.cfg.n_critic = 3
+    batch = (torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))
+    names = [[s.opt_name for s in model.training_step(batch, step)] for step in range(6)]
+    assert names == [["disc"], ["disc"], ["disc", "gen"], ["disc"], ["disc"], ["disc", "gen"]]
+
+
+@pytest.mark.parametrize("loss", ["non_saturating", "hinge", "wgan_gp"])
+def test_each_loss_trains_with_finite_losses_and_ema(make_cfg, tmp_path, loss):
+    cfg = make_cfg(
+        f"model.loss={loss}",
+        "model.g_channels=8",
+        "model.d_channels=8",
+        "model.latent_dim=8",
+        "model.spectral_norm=true",
+        model="gan",
+    )
+    metrics = train(cfg, run_dir=tmp_path)
+    scalars = read_scalars(tmp_path)
+    for tag in (
+        "disc/loss",
+        "gen/loss",
+        "disc/real",
+        "disc/fake",
+        "disc/grad_norm",
+        "gen/grad_norm",
+    ):
+        assert all(math.isfinite(v) for _, v in scalars[tag]), tag
+    if loss == "wgan_gp":
+        assert "disc/gp" in scalars
+    assert all(math.isfinite(v) for v in metrics.values())
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert set(ckpt["optimizers"]) == {"disc", "gen"}
+    live, ema = ckpt["model_state"], ckpt["ema"]["weights"]
+    key = next(k for k in live if k.startswith("generator.") and k.endswith("weight"))
+    assert not torch.equal(live[key], ema[key])
+
+
+def test_conditional_sampling_gives_one_row_per_requested_class():
+    torch.manual_seed(0)
+    model = _gan(conditional=True).eval()
+    out = model.sample(12, classes=[2, 0])
+    assert out.shape == (12, 3, 32, 32) and model.grid_nrow == 6
+    # rows come from the class embedding: same z with another class differs
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    a, b = model.sample(6, classes=[0], generator=g1), model.sample(6, classes=[1], generator=g2)
+    assert not torch.allclose(a, b)
+    full = model.sample(64)
+    assert full.shape[0] == 63 and model.grid_nrow == 21  # 3 classes x 21
+    assert float(full.min()) >= 0 and float(full.max()) <= 1
+
+
+def test_conditional_needs_labels():
+    from aigc_cli.errors import ConfigError
+
+    spec = DataSpec(kind="image", shape=[3, 32, 32], num_classes=0)
+    with pytest.raises(ConfigError, match=r"model\.conditional"):
+        GAN(GAN.Config(conditional=True), spec)
+
+
+@pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 3)])
+def test_gan_image_sizes(size, channels):
+    spec = DataSpec(kind="image", shape=[channels, size, size])
+    model = GAN(GAN.Config(latent_dim=8, g_channels=8, d_channels=8), spec)
+    x = model.sample(4)
+    assert x.shape == (4, channels, size, size)
+    assert model.discriminator(x).shape == (4,)
+
+
+@pytest.mark.slow
+def test_gan_covers_the_ring_of_eight(make_cfg, tmp_path):
+    cfg = make_cfg(
+        "trainer.max_steps=3000",
+        "trainer.batch_size=256",
+        "trainer.log_every=100",
+        "trainer.eval_every=0",
+        "trainer.sample_every=0",
+        "trainer.ckpt_every=0",
+        "trainer.eval_samples=2500",
+        "dataset.train_size=50000",
+        "dataset.test_size=1000",
+        "optim.lr=1e-3",
+        "model.latent_dim=16",
+        model="gan",
+        dataset="gaussians",
+    )
+    metrics = train(cfg, run_dir=tmp_path)
+    assert metrics["test/modes_covered"] >= 6, metrics
+    assert metrics["test/high_quality"] > 0.5, metrics

@@ -1,0 +1,140 @@
+import math
+
+import pytest
+import torch
+
+from aigc_cli.data.base import DataSpec
+from aigc_cli.data.text import (
+    ByteTokenizer,
+    CharTokenizer,
+    PydocConfig,
+    TextConfig,
+    pydoc,
+    text_file,
+)
+from aigc_cli.errors import DataError
+from aigc_cli.models.transformer import Transformer, filter_logits
+from aigc_cli.train import train
+
+from .conftest import read_scalars
+
+
+def _model(vocab="abcdefgh\n", block=16, dropout=0.0):
+    tok = CharTokenizer(vocab)
+    spec = DataSpec(kind="text", shape=[block], vocab_size=tok.vocab_size, tokenizer=tok.to_dict())
+    cfg = Transformer.Config(n_layer=2, n_head=2, n_embd=16, dropout=dropout)
+    return Transformer(cfg, spec).eval()
+
+
+def test_kv_cache_logits_match_full_forward():
+    torch.manual_seed(0)
+    model = _model()
+    idx = torch.randint(0, 9, (3, 16))
+    full = model.gpt(idx)  # (B, T, V)
+    cache = [{} for _ in model.gpt.blocks]
+    steps = [model.gpt(idx[:, :5], cache)]  # prefill 5, then one token at a time
+    steps += [model.gpt(idx[:, t : t + 1], cache) for t in range(5, 16)]
+    cached = torch.cat(steps, dim=1)
+    assert torch.allclose(full, cached, atol=1e-5)
+
+
+def test_causal_mask():
+    torch.manual_seed(0)
+    model = _model()
+    idx = torch.randint(0, 9, (1, 16))
+    base = model.gpt(idx)
+    for t in (3, 9, 15):
+        changed = idx.clone()
+        changed[0, t] = (changed[0, t] + 1) % 9
+        out = model.gpt(changed)
+        assert torch.equal(out[:, :t], base[:, :t])
+        assert not torch.allclose(out[:, t:], base[:, t:])
+
+
+def test_filter_logits_support():
+    probs = torch.tensor([[0.5, 0.05, 0.25, 0.15, 0.05]])
+    logits = probs.log()
+    keep = lambda out: (out > float("-inf")).squeeze(0).tolist()  # noqa: E731
+    assert keep(filter_logits(logits, top_k=2)) == [True, False, True, False, False]
+    # nucleus 0.7: 0.5 < 0.7, 0.5 + 0.25 crosses it → {0, 2}
+    assert keep(filter_logits(logits, top_p=0.7)) == [True, False, True, False, False]
+    # exactly reaching 0.75 needs no third token
+    assert keep(filter_logits(logits, top_p=0.75)) == [True, False, True, False, False]
+    assert keep(filter_logits(logits, top_p=0.76)) == [True, False, True, True, False]
+    assert keep(filter_logits(logits, top_k=3, top_p=0.5)) == [True, False, False, False, False]
+    assert all(keep(filter_logits(logits)))
+
+
+def test_tokenizers_round_trip():
+    text = "To be, or not to be:\nthat is the question."
+    char = CharTokenizer.fit(text)
+    assert char.decode(char.encode(text)) == text
+    with pytest.raises(DataError, match="'é'"):
+        char.encode("café")
+    byte = ByteTokenizer()
+    for s in ("ascii", "naïve café — 東京 🙂", ""):
+        assert byte.decode(byte.encode(s)) == s
+
+
+def test_text_file_dataset(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("abcdefghij" * 100)
+    data = text_file(TextConfig(path=str(path), block_size=8))
+    assert data.train_ids.numel() == 900 and data.val_ids.numel() == 100
+    x, y = next(data.train_iter(4, seed=0))
+    assert x.shape == (4, 8) and torch.equal(x[:, 1:], y[:, :-1])
+    windows = list(data.eval_iter(5))
+    assert sum(b[0].shape[0] for b in windows) == (100 - 1) // 8
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="empty"):
+        text_file(TextConfig(path=str(tmp_path / "empty.txt")))
+    (tmp_path / "short.txt").write_text("abc" * 5)
+    with pytest.raises(DataError, match="too short"):
+        text_file(TextConfig(path=str(tmp_path / "short.txt"), block_size=64))
+    with pytest.raises(DataError, match="not found"):
+        text_file(TextConfig(path=str(tmp_path / "missing.txt")))
+
+
+def test_pydoc_corpus_is_builtin():
+    data = pydoc(PydocConfig())
+    assert data.train_ids.numel() > 300_000 and data.spec.vocab_size > 60
+
+
+def test_sample_starts_with_prompt_and_is_reproducible():
+    model = _model(block=8)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    a = model.sample(2, generator=g(), prompt="abc", max_new_tokens=30, top_k=3)
+    b = model.sample(2, generator=g(), prompt="abc", max_new_tokens=30, top_k=3)
+    assert a == b and all(s.startswith("abc") and len(s) == 33 for s in a)  # past block_size
+    streamed = []
+    c = model.sample(1, generator=g(), prompt="ab", max_new_tokens=10, stream=streamed.append)
+    assert "".join(streamed) == c[0]
+
+
+def test_transformer_loss_falls_and_reports_bits(make_cfg, tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    cfg = make_cfg(
+        "dataset=text",
+        f"dataset.path={path}",
+        "dataset.block_size=16",
+        "model.n_layer=1",
+        "model.n_embd=32",
+        "model.n_head=2",
+        "trainer.max_steps=60",
+        "trainer.log_every=10",
+        "trainer.batch_size=16",
+        "trainer.eval_every=0",
+        "trainer.sample_every=30",
+        "trainer.ckpt_every=0",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=5",
+        model="transformer",
+        dataset="text",
+    )
+    metrics = train(cfg, run_dir=tmp_path / "run")
+    losses = [v for _, v in read_scalars(tmp_path / "run")["model/loss"]]
+    assert losses[-1] < 0.6 * losses[0]
+    assert metrics["test/bits_per_char"] == pytest.approx(metrics["test/loss"] / math.log(2))
+    assert metrics["test/perplexity"] == pytest.approx(math.exp(metrics["test/loss"]))
+    assert (tmp_path / "run" / "samples" / "step_000030.txt").is_file()
