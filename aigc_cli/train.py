@@ -177,13 +177,15 @@ def train(
             f"the config asks for '{cfg.model.name}'",
             hint=f"resume with model={ckpt['model']['name']}",
         )
+    # The EMA copy is taken before compiling: a compiled module's copy would still call the
+    # original's forward.
+    ema = EMA(model, t.ema_decay) if t.ema else None
     if t.compile:
         # In place, so parameter names (and checkpoints) are the same with and without compile.
         for child in model.children():
             child.compile()
     optimizers = model.optimizers(o)
     schedulers = {k: make_scheduler(v, o, t.max_steps) for k, v in optimizers.items()}
-    ema = EMA(model, t.ema_decay) if t.ema else None
     amp_dtype = AMP_DTYPES.get(t.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "16")
     batches = data.train_iter(t.batch_size, seed)
@@ -239,7 +241,9 @@ def train(
         values = dict(
             zip(sums, torch.stack(list(sums.values())).div(counted).tolist(), strict=True)
         )
-        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        # Gradient norms are left out: with fp16 an inf norm is the GradScaler skipping a step.
+        bad = {k: v for k, v in values.items()
+               if not math.isfinite(v) and not k.endswith("grad_norm")}
         if bad and t.on_nonfinite == "stop":
             terms = ", ".join(f"{k}={v}" for k, v in values.items())
             raise TrainingError(
@@ -257,8 +261,15 @@ def train(
         log.advance(step, loss=f"{loss:.4g}", rate=f"{rate:.0f}")
         sums, counted = {}, 0
 
+    def eager() -> contextlib.AbstractContextManager:
+        """Evaluation and sampling run uncompiled: their shapes and grad mode differ from the
+        training step's, and would each trigger recompilation."""
+        if t.compile and hasattr(torch.compiler, "set_stance"):
+            return torch.compiler.set_stance("force_eager")
+        return contextlib.nullcontext()
+
     def log_samples() -> None:
-        with isolated_rng(device):
+        with isolated_rng(device), eager():
             _log_samples(log, eval_model, data, t, seed, step, run_dir, first_test)
 
     def checkpoint() -> None:
@@ -311,7 +322,7 @@ def train(
                 else:
                     log.advance(step)
                 if _every(step, t.eval_every) and step < t.max_steps:
-                    with isolated_rng(device):
+                    with isolated_rng(device), eager():
                         m = evaluate(
                             eval_model,
                             data,
@@ -335,7 +346,7 @@ def train(
 
             flush_logs()
             log.stop_progress()
-            with isolated_rng(device):
+            with isolated_rng(device), eager():
                 metrics = evaluate(
                     eval_model,
                     data,

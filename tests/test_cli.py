@@ -34,7 +34,7 @@ def test_hydra_flags_work_after_subcommand(tmp_path):
     assert "lr: 0.0003" in out.stdout and "name: vae" in out.stdout
     assert not (tmp_path / "outputs").exists() or not _run_dirs(tmp_path)
     helped = run_cli("train", "--help", cwd=tmp_path)
-    assert helped.returncode == 0 and "model: vae" in helped.stdout
+    assert helped.returncode == 0 and "model: gan, transformer, vae" in helped.stdout
 
 
 def test_train_then_sample_end_to_end(tmp_path):

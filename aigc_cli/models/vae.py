@@ -104,9 +104,10 @@ class VAE(GenerativeModel):
         return mu, logvar.clamp(-30.0, 20.0)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Decoder output: the Gaussian mean in [0, 1], or Bernoulli logits."""
-        out = self.decoder(z).float()
-        return torch.sigmoid(out) if self.cfg.likelihood == "gaussian" else out
+        """Decoder output: the Gaussian mean, or Bernoulli logits. The mean is left unbounded:
+        squashing it through a sigmoid saturates on the mostly-black images early in training,
+        the gradient to the shape pixels vanishes and the posterior collapses."""
+        return self.decoder(z).float()
 
     def mean_image(self, z: Tensor) -> Tensor:
         out = self.decode(z)
