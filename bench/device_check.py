@@ -92,6 +92,10 @@ def main() -> None:
     gpt = ["experiment=gpt_shakespeare", f"dataset.path={args.text}"]
 
     run("vae_fp32", ["model=vae"], args.out, results, keep="vae_samples")
+    run("vae_sigma02", ["model=vae", "model.sigma=0.2"], args.out, results, keep="vae_sigma02")
+    run("vae_sigma03", ["model=vae", "model.sigma=0.3"], args.out, results, keep="vae_sigma03")
+    run("gan_cond_ns", ["model=gan", "model.conditional=true", "trainer.max_steps=2000"],
+        args.out, results, keep="gan_cond_ns")
     run("vae_base16", ["model=vae", "model.base_channels=16"], args.out, results,
         keep="vae_base16_samples")
     run("vae_bf16_compile", ["model=vae", "trainer.precision=bf16", "trainer.compile=true",

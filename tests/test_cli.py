@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from .conftest import event_tags, run_cli, tiny_overrides
@@ -22,10 +23,11 @@ def test_help_lists_subcommands(tmp_path):
         assert f"  {cmd}" in out.stdout
 
 
-def test_list_shows_registries(tmp_path):
-    out = run_cli("list", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "vae" in out.stdout and "shapes" in out.stdout and "gaussians" in out.stdout
+def test_list_shows_registries(run_main):
+    code, out, err = run_main("list")
+    assert code == 0, err
+    for name in ("vae", "gan", "transformer", "shapes", "gaussians", "pydoc", "text"):
+        assert name in out
 
 
 def test_hydra_flags_work_after_subcommand(tmp_path):
@@ -37,65 +39,51 @@ def test_hydra_flags_work_after_subcommand(tmp_path):
     assert helped.returncode == 0 and "model: gan, transformer, vae" in helped.stdout
 
 
-def test_train_then_sample_end_to_end(tmp_path):
-    out = run_cli("train", *tiny_overrides(), cwd=tmp_path)
+def test_multirun_train_sample_eval_end_to_end(tmp_path, run_main):
+    """One process trains a 2-job sweep (one run dir per job); then the newest run is sampled
+    in a fresh process, as a user would, and evaluated."""
+    out = run_cli("train", "-m", "optim.lr=1e-3,3e-4", *tiny_overrides(), cwd=tmp_path)
     assert out.returncode == 0, out.stderr + out.stdout
-    (run,) = _run_dirs(tmp_path)
-    assert (run / "config.yaml").is_file() and (run / "metrics.json").is_file()
+    runs = _run_dirs(tmp_path)
+    assert len(runs) == 2 and all("multirun" in str(r) for r in runs)
+    lrs = sorted(yaml.safe_load((r / "config.yaml").read_text())["optim"]["lr"] for r in runs)
+    assert lrs == [3e-4, 1e-3]
+    run = runs[0]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["step"] == 6 and "test/nelbo" in metrics and "test/bits_per_dim" in metrics
     tags = event_tags(run)
-    for tag in (
-        "model/loss",
-        "model/recon",
-        "model/kl",
-        "model/grad_norm",
-        "lr/model",
-        "perf/samples_per_s",
-        "test/nelbo",
-        "hparam/test/nelbo",
-    ):
+    for tag in ("model/loss", "model/recon", "model/kl", "model/grad_norm", "lr/model",
+                "perf/samples_per_s", "test/nelbo", "hparam/test/nelbo"):
         assert tag in tags["scalars"], tag
     assert {"samples", "reconstructions"} <= set(tags["images"])
     assert "config/text_summary" in tags["tensors"]
-    assert list(run.glob("tb/events.out.tfevents.*")) and not [
-        p for p in (run / "tb").iterdir() if p.is_dir()
-    ]
+    # hparams live in the run's own event file: no extra run folder under tb/
+    assert list(run.glob("tb/events.out.tfevents.*"))
+    assert not [p for p in (run / "tb").iterdir() if p.is_dir()]
     assert sorted(p.name for p in (run / "samples").glob("*.png")) == [
-        "step_000003.png",
-        "step_000006.png",
-    ]
+        "step_000003.png", "step_000006.png"]
 
-    # newest run, default n=64 → 8x8 grid of 32px images with 2px padding
+    # a fresh process, no arguments: the newest run, 64 samples → 8x8 grid of 32px + 2px pad
+    newest = max(runs, key=lambda r: (r / "checkpoints" / "last.pt").stat().st_mtime)
     out = run_cli("sample", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    pngs = list((run / "samples").glob("2*.png"))
-    assert len(pngs) == 1 and str(pngs[0].name) in out.stdout.replace("\n", "")
+    pngs = list((newest / "samples").glob("2*.png"))
+    assert len(pngs) == 1 and pngs[0].name in out.stdout.replace("\n", "")
     assert Image.open(pngs[0]).size == (8 * 34 + 2, 8 * 34 + 2)
 
     target = tmp_path / "grid.png"
-    out = run_cli("sample", f"run={run}", "n=16", "seed=1", f"out={target}", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+    code, _, err = run_main("sample", f"run={run}", "n=16", "seed=1", f"out={target}")
+    assert code == 0, err
     assert Image.open(target).size == (4 * 34 + 2, 4 * 34 + 2)
+    code, out_text, err = run_main("sample", f"run={run}", "n=16", "mode=interpolate",
+                                   f"out={tmp_path / 'interp.png'}")
+    assert code == 0, err
+    assert Image.open(tmp_path / "interp.png").size == (8 * 34 + 2, 2 * 34 + 2)
 
-    out = run_cli("eval", f"run={run}", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "test/nelbo" in out.stdout
+    code, out_text, err = run_main("eval", f"run={run}")
+    assert code == 0, err
+    assert "test/nelbo" in out_text
     assert "test/nelbo" in json.loads((run / "eval.json").read_text())
-
-
-def test_multirun_makes_one_dir_per_job(tmp_path):
-    out = run_cli("train", "-m", "optim.lr=1e-3,3e-4", *tiny_overrides(), cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    runs = _run_dirs(tmp_path)
-    assert len(runs) == 2 and all("multirun" in str(r) for r in runs)
-    lrs = sorted(
-        json.loads(json.dumps(__import__("yaml").safe_load((r / "config.yaml").read_text())))[
-            "optim"
-        ]["lr"]
-        for r in runs
-    )
-    assert lrs == [3e-4, 1e-3]
 
 
 BAD_INPUTS = [

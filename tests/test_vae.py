@@ -72,5 +72,6 @@ def test_vae_loss_falls_on_shapes(make_cfg, tmp_path):
     losses = [v for _, v in read_scalars(tmp_path)["model/loss"]]
     assert len(losses) == 10
     assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < losses[0] - 0.3 * abs(losses[0])
+    # nats per image; a Gaussian NLL has no floor at 0, so compare differences
+    assert losses[-1] < losses[0] - 100, losses
     assert metrics["test/nelbo"] < losses[0]

@@ -81,7 +81,9 @@ class VAE(GenerativeModel):
         max_channels: int = 256  # cap on the doubling
         beta: float = 1.0  # weight of the KL term in the training loss (eval always uses 1)
         likelihood: str = "gaussian"  # gaussian (fixed sigma) | bernoulli (binary data)
-        sigma: float = 0.1  # standard deviation of the Gaussian decoder, in [0, 1] pixel units
+        # std of the Gaussian decoder in [0, 1] pixel units; smaller = sharper reconstructions
+        # but a weaker KL pull, so prior samples get patchier
+        sigma: float = 0.3
 
     def __init__(self, cfg: Config, data: DataSpec) -> None:
         super().__init__(cfg, data)
