@@ -242,8 +242,9 @@ def train(
             zip(sums, torch.stack(list(sums.values())).div(counted).tolist(), strict=True)
         )
         # Gradient norms are left out: with fp16 an inf norm is the GradScaler skipping a step.
-        bad = {k: v for k, v in values.items()
-               if not math.isfinite(v) and not k.endswith("grad_norm")}
+        bad = {
+            k: v for k, v in values.items() if not math.isfinite(v) and not k.endswith("grad_norm")
+        }
         if bad and t.on_nonfinite == "stop":
             terms = ", ".join(f"{k}={v}" for k, v in values.items())
             raise TrainingError(

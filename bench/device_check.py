@@ -42,8 +42,9 @@ def run(name: str, overrides: list[str], out: Path, results: dict, keep: str | N
     if ONLY and name not in ONLY:
         return None
     with initialize_config_module(config_module="aigc_cli.configs", version_base="1.3"):
-        cfg = compose("train", overrides=["trainer.device=cuda", "trainer.progress=false",
-                                          *overrides])
+        cfg = compose(
+            "train", overrides=["trainer.device=cuda", "trainer.progress=false", *overrides]
+        )
     run_dir = Path(tempfile.mkdtemp(prefix=name + "_"))
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -85,8 +86,12 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("no CUDA GPU: this check needs one")
     gpu = torch.cuda.get_device_name()
-    results: dict = {"gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda,
-                     "date": time.strftime("%Y-%m-%d")}
+    results: dict = {
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     print(results, flush=True)
     fast = ["trainer.eval_every=0", "trainer.sample_every=0", "trainer.ckpt_every=0"]
     gpt = ["experiment=gpt_shakespeare", f"dataset.path={args.text}"]
@@ -94,41 +99,111 @@ def main() -> None:
     run("vae_fp32", ["model=vae"], args.out, results, keep="vae_samples")
     run("vae_sigma02", ["model=vae", "model.sigma=0.2"], args.out, results, keep="vae_sigma02")
     run("vae_sigma03", ["model=vae", "model.sigma=0.3"], args.out, results, keep="vae_sigma03")
-    run("gan_cond_ns", ["model=gan", "model.conditional=true", "trainer.max_steps=2000"],
-        args.out, results, keep="gan_cond_ns")
-    run("vae_base16", ["model=vae", "model.base_channels=16"], args.out, results,
-        keep="vae_base16_samples")
-    run("vae_bf16_compile", ["model=vae", "trainer.precision=bf16", "trainer.compile=true",
-                             *fast], args.out, results)
-    run("vae_fp16_scaler", ["model=vae", "trainer.precision=16", "trainer.max_steps=300",
-                            *fast], args.out, results)
+    run(
+        "gan_cond_ns",
+        ["model=gan", "model.conditional=true", "trainer.max_steps=2000"],
+        args.out,
+        results,
+        keep="gan_cond_ns",
+    )
+    run(
+        "vae_base16",
+        ["model=vae", "model.base_channels=16"],
+        args.out,
+        results,
+        keep="vae_base16_samples",
+    )
+    run(
+        "vae_bf16_compile",
+        ["model=vae", "trainer.precision=bf16", "trainer.compile=true", *fast],
+        args.out,
+        results,
+    )
+    run(
+        "vae_fp16_scaler",
+        ["model=vae", "trainer.precision=16", "trainer.max_steps=300", *fast],
+        args.out,
+        results,
+    )
     run("gpt_shakespeare_fp32", gpt, args.out, results, keep="gpt_shakespeare_sample")
-    run("gpt_shakespeare_bf16_compile", [*gpt, "trainer.precision=bf16", "trainer.compile=true"],
-        args.out, results)
+    run(
+        "gpt_shakespeare_bf16_compile",
+        [*gpt, "trainer.precision=bf16", "trainer.compile=true"],
+        args.out,
+        results,
+    )
     run("gan_fp32", ["model=gan"], args.out, results, keep="gan_samples")
-    run("gan_3000", ["model=gan", "trainer.max_steps=3000"], args.out, results,
-        keep="gan_3000_samples")
-    run("gan_gaussians8", ["model=gan", "dataset=gaussians", "trainer.max_steps=3000",
-                           "trainer.batch_size=256", "optim.lr=1e-3", "model.latent_dim=16",
-                           *fast], args.out, results, keep="gan_gaussians8")
-    run("gan_bf16_compile", ["model=gan", "trainer.precision=bf16", "trainer.compile=true",
-                             *fast], args.out, results)
-    run("gan_wgan_gp", ["model=gan", "model.loss=wgan_gp", "model.n_critic=5",
-                        "trainer.max_steps=1500"], args.out, results, keep="gan_wgan_gp")
-    run("gan_hinge_sn_conditional", ["model=gan", "model.loss=hinge", "model.spectral_norm=true",
-                                     "model.conditional=true", "trainer.max_steps=3000"],
-        args.out, results,
-        keep="gan_conditional")
+    run(
+        "gan_3000",
+        ["model=gan", "trainer.max_steps=3000"],
+        args.out,
+        results,
+        keep="gan_3000_samples",
+    )
+    run(
+        "gan_gaussians8",
+        [
+            "model=gan",
+            "dataset=gaussians",
+            "trainer.max_steps=3000",
+            "trainer.batch_size=256",
+            "optim.lr=1e-3",
+            "model.latent_dim=16",
+            *fast,
+        ],
+        args.out,
+        results,
+        keep="gan_gaussians8",
+    )
+    run(
+        "gan_bf16_compile",
+        ["model=gan", "trainer.precision=bf16", "trainer.compile=true", *fast],
+        args.out,
+        results,
+    )
+    run(
+        "gan_wgan_gp",
+        ["model=gan", "model.loss=wgan_gp", "model.n_critic=5", "trainer.max_steps=1500"],
+        args.out,
+        results,
+        keep="gan_wgan_gp",
+    )
+    run(
+        "gan_hinge_sn_conditional",
+        [
+            "model=gan",
+            "model.loss=hinge",
+            "model.spectral_norm=true",
+            "model.conditional=true",
+            "trainer.max_steps=3000",
+        ],
+        args.out,
+        results,
+        keep="gan_conditional",
+    )
     # A GPU-sized GPT for throughput and MFU (tokens/s x 6N + attention FLOPs per token).
-    big = [*gpt, "model.n_layer=6", "model.n_head=6", "model.n_embd=384",
-           "dataset.block_size=256", "trainer.batch_size=64", "trainer.max_steps=300",
-           "trainer.precision=bf16", "trainer.compile=true", "trainer.log_every=25", *fast]
+    big = [
+        *gpt,
+        "model.n_layer=6",
+        "model.n_head=6",
+        "model.n_embd=384",
+        "dataset.block_size=256",
+        "trainer.batch_size=64",
+        "trainer.max_steps=300",
+        "trainer.precision=bf16",
+        "trainer.compile=true",
+        "trainer.log_every=25",
+        *fast,
+    ]
     run_dir = run("gpt_6L384_bf16_compile", big, args.out, results)
     if run_dir is not None:
         entry = results["gpt_6L384_bf16_compile"]
         ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-        n_params = sum(v.numel() for k, v in ckpt["model_state"].items()
-                       if not k.endswith("wpe.weight") and not k.endswith("head.weight"))
+        n_params = sum(
+            v.numel()
+            for k, v in ckpt["model_state"].items()
+            if not k.endswith("wpe.weight") and not k.endswith("head.weight")
+        )
         layers, dim, t = 6, 384, 256
         flops_per_token = 6 * n_params + 12 * layers * dim * t
         tokens = entry["samples_per_s"] * t

@@ -52,8 +52,16 @@ def test_multirun_train_sample_eval_end_to_end(tmp_path, run_main):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["step"] == 6 and "test/nelbo" in metrics and "test/bits_per_dim" in metrics
     tags = event_tags(run)
-    for tag in ("model/loss", "model/recon", "model/kl", "model/grad_norm", "lr/model",
-                "perf/samples_per_s", "test/nelbo", "hparam/test/nelbo"):
+    for tag in (
+        "model/loss",
+        "model/recon",
+        "model/kl",
+        "model/grad_norm",
+        "lr/model",
+        "perf/samples_per_s",
+        "test/nelbo",
+        "hparam/test/nelbo",
+    ):
         assert tag in tags["scalars"], tag
     assert {"samples", "reconstructions"} <= set(tags["images"])
     assert "config/text_summary" in tags["tensors"]
@@ -61,7 +69,9 @@ def test_multirun_train_sample_eval_end_to_end(tmp_path, run_main):
     assert list(run.glob("tb/events.out.tfevents.*"))
     assert not [p for p in (run / "tb").iterdir() if p.is_dir()]
     assert sorted(p.name for p in (run / "samples").glob("*.png")) == [
-        "step_000003.png", "step_000006.png"]
+        "step_000003.png",
+        "step_000006.png",
+    ]
 
     # a fresh process, no arguments: the newest run, 64 samples → 8x8 grid of 32px + 2px pad
     newest = max(runs, key=lambda r: (r / "checkpoints" / "last.pt").stat().st_mtime)
@@ -75,8 +85,9 @@ def test_multirun_train_sample_eval_end_to_end(tmp_path, run_main):
     code, _, err = run_main("sample", f"run={run}", "n=16", "seed=1", f"out={target}")
     assert code == 0, err
     assert Image.open(target).size == (4 * 34 + 2, 4 * 34 + 2)
-    code, out_text, err = run_main("sample", f"run={run}", "n=16", "mode=interpolate",
-                                   f"out={tmp_path / 'interp.png'}")
+    code, out_text, err = run_main(
+        "sample", f"run={run}", "n=16", "mode=interpolate", f"out={tmp_path / 'interp.png'}"
+    )
     assert code == 0, err
     assert Image.open(tmp_path / "interp.png").size == (8 * 34 + 2, 2 * 34 + 2)
 

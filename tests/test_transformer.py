@@ -16,7 +16,7 @@ from aigc_cli.errors import DataError
 from aigc_cli.models.transformer import Transformer, filter_logits
 from aigc_cli.train import train
 
-from .conftest import read_scalars
+from .conftest import read_scalars, run_cli
 
 
 def _model(vocab="abcdefgh\n", block=16, dropout=0.0):
@@ -138,3 +138,21 @@ def test_transformer_loss_falls_and_reports_bits(make_cfg, tmp_path):
     assert metrics["test/bits_per_char"] == pytest.approx(metrics["test/loss"] / math.log(2))
     assert metrics["test/perplexity"] == pytest.approx(math.exp(metrics["test/loss"]))
     assert (tmp_path / "run" / "samples" / "step_000030.txt").is_file()
+
+    # `aigc sample` in a fresh process: streamed text that starts with the prompt, saved too
+    out = run_cli(
+        "sample",
+        f"run={tmp_path / 'run'}",
+        "prompt=the quick",
+        "max_new_tokens=40",
+        "temperature=0.8",
+        "top_k=5",
+        "top_p=0.95",
+        "seed=1",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("the quick")
+    saved = list((tmp_path / "run" / "samples").glob("2*.txt"))
+    assert len(saved) == 1 and saved[0].read_text().startswith("the quick")
+    assert len(saved[0].read_text().strip()) >= len("the quick") + 30
