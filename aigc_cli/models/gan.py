@@ -106,7 +106,13 @@ class Discriminator(nn.Module):
         wrap = _sn if sn else (lambda m: m)
         self.features = features
         self.head = wrap(nn.Linear(feat_dim, 1))
-        self.embed = wrap(nn.Embedding(num_classes, feat_dim)) if num_classes else None
+        self.embed = None
+        if num_classes:
+            embed = nn.Embedding(num_classes, feat_dim)
+            # Xavier scale as in SNGAN's projection D: nn.Embedding's N(0, 1) init makes
+            # <embed(y), h> over thousands of features swamp the unconditional logit.
+            nn.init.xavier_uniform_(embed.weight)
+            self.embed = wrap(embed)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         h = self.features(x)  # (B, F)
