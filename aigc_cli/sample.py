@@ -82,5 +82,5 @@ def sample(node: Any) -> Path:
         images = model.sample(n, generator=g)
         nrow = cfg.nrow or getattr(model, "grid_nrow", 0) or math.ceil(math.sqrt(n))
         save_grid(images, out, nrow=nrow)
-    console.print(f"[green]samples written to[/] {out}")
+    console.print(f"[green]samples written to[/] {out}", soft_wrap=True)
     return out

@@ -60,7 +60,7 @@ def make_cfg() -> Callable[..., DictConfig]:
 
 
 def run_cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 1800
 ) -> subprocess.CompletedProcess[str]:
     """`python -m aigc_cli ...` in a subprocess, as a user runs it."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}

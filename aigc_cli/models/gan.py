@@ -61,14 +61,16 @@ class ConvDiscriminator(nn.Module):
 
     def __init__(self, in_ch: int, size: int, base: int, cap: int, sn: bool) -> None:
         super().__init__()
-        levels, final = conv_levels(size)
+        levels, _ = conv_levels(size)
         ch = level_channels(base, levels, cap)
-        self.out_dim = ch[-1] * final**2
         wrap = _sn if sn else (lambda m: m)
         layers: list[nn.Module] = [wrap(nn.Conv2d(in_ch, ch[0], 3, padding=1)), nn.LeakyReLU(0.2)]
         for i in range(levels):
             layers += [wrap(nn.Conv2d(ch[i], ch[i + 1], 4, 2, 1)), nn.LeakyReLU(0.2)]
         self.net = nn.Sequential(*layers)
+        # Kernel-4 stride-2 convolutions round odd sizes down (28 → 14 → 7 → 3): measure.
+        with torch.no_grad():
+            self.out_dim = self.net(torch.zeros(1, in_ch, size, size)).numel()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x).flatten(1)
