@@ -16,10 +16,10 @@ from .conftest import REPO
 @pytest.mark.slow
 def test_pip_install_then_train_elsewhere(tmp_path):
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    # Only aigc itself is installed into the new venv; its dependencies (torch, ...) are
-    # borrowed from this environment through a .pth file instead of being reinstalled.
+    # Only aigc itself is installed into the new venv; pip, setuptools and aigc's dependencies
+    # (torch, ...) are borrowed from this environment through a .pth file, not reinstalled.
     site = subprocess.run(
         [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True,
