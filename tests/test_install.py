@@ -37,6 +37,7 @@ def test_pip_install_then_train_elsewhere(tmp_path):
         capture_output=True,
         text=True,
         check=True,
+        cwd=tmp_path,
     ).stdout
     assert str(venv) in where, where  # the installed copy, not the source tree
     work = tmp_path / "elsewhere"
