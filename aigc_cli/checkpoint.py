@@ -37,11 +37,40 @@ def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
                 hint="the previous checkpoint is kept; free disk space or change the output dir",
             ) from e
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def save_rotating(obj: dict[str, Any], folder: Path, step: int, keep: int) -> Path:
+    """Write `folder/step_XXXXXXX.pt`, point `folder/last.pt` at it, and delete all but the
+    newest `keep` step files. `last.pt` is a hard link (no second copy on disk) swapped in with
+    a rename, so at every instant it is a complete checkpoint: the old one or the new one."""
+    folder = Path(folder)
+    # Temporary files of a writer that was killed mid-write (one run has one writer).
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    path = folder / f"step_{step:07d}.pt"
+    save_checkpoint(obj, path)
+    last = folder / "last.pt"
+    tmp = folder / ".last.pt.link"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # a filesystem without hard links: a second atomic write instead
+        save_checkpoint(obj, last)
+    else:
+        os.replace(tmp, last)
+        _fsync_dir(folder)
+    for old in sorted(folder.glob("step_*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

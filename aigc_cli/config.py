@@ -28,11 +28,13 @@ class TrainerConfig:
     eval_batches: int = 0  # batches per periodic evaluation; 0 = the whole test split
     sample_every: int = 500  # sample grid / text sample; 0 = only at the end
     num_samples: int = 64  # images in each logged sample grid
-    ckpt_every: int = 500  # checkpoints/last.pt; 0 = only at the end
+    ckpt_every: int = 500  # checkpoints/step_N.pt (+ last.pt); 0 = only at the end
+    keep_checkpoints: int = 3  # newest step_N.pt files kept; older ones are deleted
     ema: bool = False  # keep an exponential moving average of the weights for eval and sampling
     ema_decay: float = 0.999  # EMA decay (warmed up from 0 over the first steps)
     compile: bool = False  # torch.compile the model's networks
     threads: int = 0  # CPU threads for torch; 0 = leave torch's default
+    keep_cpu_memory: bool = True  # glibc: reuse freed host memory instead of re-faulting it
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower, reproducible)
     progress: bool = True  # rich progress bar on the console
     eval_samples: int = 2500  # generated samples for sample-based metrics (e.g. mode coverage)
@@ -118,6 +120,7 @@ def validate_trainer(node: Any) -> TrainerConfig:
     for k in ("log_every", "eval_every", "sample_every", "ckpt_every", "eval_batches", "threads"):
         check(getattr(t, k) >= 0, f"trainer.{k}", f"{getattr(t, k)} must be >= 0")
     check(t.log_every >= 1, "trainer.log_every", "must be >= 1")
+    check(t.keep_checkpoints >= 1, "trainer.keep_checkpoints", "must be >= 1")
     check(t.num_samples >= 1, "trainer.num_samples", "must be >= 1")
     check(0.0 <= t.ema_decay < 1.0, "trainer.ema_decay", f"{t.ema_decay} must be in [0, 1)")
     return t

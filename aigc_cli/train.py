@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
 
 from aigc_cli.build import build_data, build_model, resolve_checkpoint, resolve_device
-from aigc_cli.checkpoint import load_checkpoint, save_checkpoint
+from aigc_cli.checkpoint import load_checkpoint, save_rotating
 from aigc_cli.config import TrainerConfig, validate_optim, validate_trainer
+from aigc_cli.cpu import configure_cpu
 from aigc_cli.ema import EMA
 from aigc_cli.errors import AigcError, CheckpointError, TrainingError
 from aigc_cli.evaluate import evaluate, isolated_rng
@@ -157,8 +158,7 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    configure_cpu(t.threads, t.keep_cpu_memory)
     if t.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(seed)
@@ -273,8 +273,21 @@ def train(
         with isolated_rng(device), eager():
             _log_samples(log, eval_model, data, t, seed, step, run_dir, first_test)
 
-    def checkpoint() -> None:
-        save_checkpoint(state(), run_dir / "checkpoints" / "last.pt")
+    saved_step = step
+
+    def checkpoint(final: bool = False) -> None:
+        nonlocal saved_step
+        if step == saved_step and not final:
+            return
+        try:
+            save_rotating(state(), run_dir / "checkpoints", step, t.keep_checkpoints)
+            saved_step = step
+        except CheckpointError as e:
+            if final or stop.signum:
+                raise
+            # A periodic write that fails (disk full) must not end hours of training: the
+            # previous checkpoint is intact; say so and try again at the next interval.
+            log.print(f"[red]warning:[/] {e}")
 
     stop = StopFlag()
     log.start_progress(t.max_steps, step)
@@ -356,7 +369,8 @@ def train(
                     seed=seed,
                 )
             log_samples()
-            checkpoint()
+            if saved_step != step:
+                checkpoint(final=True)
     except torch.OutOfMemoryError as e:
         raise TrainingError(
             f"out of memory on {device} at trainer.batch_size={t.batch_size}",
