@@ -25,6 +25,18 @@ def test_vae_shapes(shape):
     assert model.log_images((x, torch.zeros(5)))["reconstructions"].shape == (10, *shape)
 
 
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 24)])
+def test_mlp_vae_shapes_and_size(shape):
+    model = VAE(VAE.Config(latent_dim=20, arch="mlp", hidden=400), DataSpec("image", list(shape)))
+    x = torch.rand(5, *shape)
+    recon, kl = model.terms(x)
+    assert recon.shape == (5,) and kl.shape == (5,)
+    assert model.sample(3).shape == (3, *shape)
+    if shape == (1, 28, 28):  # 784-400-(2x20) / 20-400-784, the VAE paper's MNIST net
+        n = sum(p.numel() for p in model.parameters())
+        assert n == (784 * 400 + 400) + (400 * 40 + 40) + (20 * 400 + 400) + (400 * 784 + 784)
+
+
 @pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
 def test_kl_non_negative_and_losses_finite(likelihood):
     torch.manual_seed(0)

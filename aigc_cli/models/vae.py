@@ -69,14 +69,41 @@ class ConvDecoder(nn.Module):
         return out[..., off : off + self.image_size, off : off + self.image_size]
 
 
+class MLPEncoder(nn.Module):
+    """(B, C, H, W) → (B, out_dim): flatten, one hidden ReLU layer (Kingma & Welling's MLP)."""
+
+    def __init__(self, dims: int, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dims, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1))
+
+
+class MLPDecoder(nn.Module):
+    """(B, in_dim) → (B, C, H, W)."""
+
+    def __init__(self, in_dim: int, hidden: int, shape: list[int]) -> None:
+        super().__init__()
+        self.shape = list(shape)
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, math.prod(shape))
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z).view(-1, *self.shape)
+
+
 @MODELS.register("vae")
 class VAE(GenerativeModel):
-    """Convolutional VAE: Gaussian or Bernoulli likelihood, beta-weighted KL."""
+    """VAE (conv or MLP nets): Gaussian or Bernoulli likelihood, beta-weighted KL."""
 
     @dataclass
     class Config:
         name: str = "vae"
         latent_dim: int = 32  # size of z
+        arch: str = "conv"  # conv | mlp (one hidden layer each way, as in the VAE paper)
+        hidden: int = 400  # mlp: width of the hidden layer
         base_channels: int = 32  # channels after the stem; doubled at each stride-2 level
         max_channels: int = 256  # cap on the doubling
         beta: float = 1.0  # weight of the KL term in the training loss (eval always uses 1)
@@ -95,11 +122,17 @@ class VAE(GenerativeModel):
             "model.likelihood",
             f"'{cfg.likelihood}'; choose from: gaussian, bernoulli",
         )
+        check(cfg.arch in ("conv", "mlp"), "model.arch", f"'{cfg.arch}'; choose from: conv, mlp")
         c, h, w = data.shape
-        check(h == w, "dataset.image_size", f"{h}x{w}: the VAE needs square images")
+        self.dims = c * h * w
+        if cfg.arch == "mlp":
+            check(cfg.hidden >= 1, "model.hidden", "must be >= 1")
+            self.encoder = MLPEncoder(self.dims, cfg.hidden, 2 * cfg.latent_dim)
+            self.decoder = MLPDecoder(cfg.latent_dim, cfg.hidden, list(data.shape))
+            return
+        check(h == w, "dataset.image_size", f"{h}x{w}: the conv VAE needs square images")
         self.encoder = ConvEncoder(c, h, cfg.base_channels, cfg.max_channels, 2 * cfg.latent_dim)
         self.decoder = ConvDecoder(cfg.latent_dim, c, h, cfg.base_channels, cfg.max_channels)
-        self.dims = c * h * w
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = self.encoder(x).float().chunk(2, dim=1)  # (B, latent) each

@@ -1,0 +1,377 @@
+"""`make bench`: the tool's training loop against a bare PyTorch loop of the same model, data,
+batch size, optimizer and thread count, measured side by side in one process, alternating.
+
+    python bench/bench.py [--quick] [--data ../shared/data] [--out bench/results]
+
+For every case it reports samples/s of both loops and their ratio (target >= 0.97), peak
+memory, and, once: the time from `aigc train` start to its first step, the wall time of
+`aigc --help` and `aigc list`, and the pytorch/examples MLP-VAE reference loop (a DataLoader
+with a per-sample ToTensor) against the same model through aigc on MNIST. Results go to
+bench/results/bench_<host>_<date>.json and .md. `--quick` runs a few steps of each built-in
+case (CI uses it to check the script still runs) and writes nothing.
+
+Timing on a shared machine is noisy: only ratios measured in the same run mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from aigc_cli import train as train_module
+from aigc_cli.build import build_data, build_model
+from aigc_cli.config import validate_optim
+from aigc_cli.data.base import TensorData
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_cfg(overrides: list[str]) -> DictConfig:
+    with initialize_config_module(config_module="aigc_cli.configs", version_base="1.3"):
+        return compose("train", overrides=["trainer.device=cpu", *overrides])
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StepClock:
+    """Wraps a batch iterator and notes when each batch is taken: the span between the
+    warm-up-th and the last batch times exactly those steps, loop overhead included."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.times = inner, []
+
+    def __next__(self) -> Any:
+        self.times.append(time.perf_counter())
+        return next(self.inner)
+
+    def __iter__(self) -> StepClock:
+        return self
+
+    def __getattr__(self, name: str) -> Any:  # state_dict / load_state_dict
+        return getattr(self.inner, name)
+
+    def rate(self, warmup: int, batch_size: int) -> float:
+        t = self.times[warmup:]
+        return (len(t) - 1) * batch_size / (t[-1] - t[0])
+
+
+def tool_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
+    """Samples/s of `aigc`'s own loop over steps warmup..steps, at the default log cadence and
+    with the progress bar, with one checkpoint written inside the timed window (the default is
+    one per 500 steps, so this overstates its cost when steps < 500)."""
+    clocks: list[StepClock] = []
+    original = TensorData.train_iter
+
+    def timed_iter(self, batch_size, seed):
+        clocks.append(StepClock(original(self, batch_size, seed)))
+        return clocks[-1]
+
+    run_dir = Path(tempfile.mkdtemp(prefix="bench_tool_"))
+    TensorData.train_iter = timed_iter  # type: ignore[method-assign]
+    try:
+        cfg.trainer.max_steps = steps + 1  # +1: the last timed batch must finish its step
+        cfg.trainer.eval_every = 0
+        cfg.trainer.sample_every = 0
+        cfg.trainer.ckpt_every = warmup + (steps - warmup) // 2
+        train_module.train(cfg, run_dir=run_dir)
+    finally:
+        TensorData.train_iter = original  # type: ignore[method-assign]
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return clocks[0].rate(warmup, int(cfg.trainer.batch_size))
+
+
+def bare_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
+    """The same model, data iterator and optimizers in the plainest loop PyTorch allows."""
+    torch.manual_seed(int(cfg.seed))
+    data = build_data(cfg.dataset)
+    model = build_model(cfg.model, data.spec)
+    opts = model.optimizers(validate_optim(cfg.optim))
+    batches = StepClock(data.train_iter(int(cfg.trainer.batch_size), int(cfg.seed)))
+    model.train()
+    for step in range(steps + 1):
+        batch = next(batches)
+        for stage in model.training_step(batch, step):
+            opt = opts[stage.opt_name]
+            opt.zero_grad(set_to_none=True)
+            stage.loss.backward()
+            opt.step()
+    return batches.rate(warmup, int(cfg.trainer.batch_size))
+
+
+def compare(name: str, overrides: list[str], steps: int, warmup: int, rounds: int) -> dict:
+    """Alternate tool and bare loop (swapping who goes first each round); medians."""
+    tool, bare = [], []
+    for r in range(rounds):
+        order: list[tuple[list[float], Callable]] = [(tool, tool_rate), (bare, bare_rate)]
+        for results, fn in order if r % 2 == 0 else order[::-1]:
+            results.append(fn(compose_cfg(overrides), steps, warmup))
+    entry = {
+        "overrides": overrides,
+        "steps_timed": steps - warmup,
+        "rounds": rounds,
+        "tool_samples_per_s": statistics.median(tool),
+        "bare_samples_per_s": statistics.median(bare),
+        "tool_runs": tool,
+        "bare_runs": bare,
+    }
+    entry["ratio"] = entry["tool_samples_per_s"] / entry["bare_samples_per_s"]
+    entry["peak_rss_mb"] = peak_rss_mb()
+    print(
+        f"{name:24s} tool {entry['tool_samples_per_s']:9.1f}/s  bare "
+        f"{entry['bare_samples_per_s']:9.1f}/s  ratio {entry['ratio']:.3f}",
+        flush=True,
+    )
+    return entry
+
+
+def cli_seconds(*args: str, repeats: int = 3) -> float:
+    """Median wall time of `aigc <args>` in a fresh interpreter."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "aigc_cli", *args], capture_output=True, check=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def seconds_to_first_step() -> float:
+    """From launching the default `aigc train` to its first logged step (the event's time)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = Path(tempfile.mkdtemp(prefix="bench_first_"))
+    try:
+        t0 = time.time()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "aigc_cli",
+                "train",
+                "trainer.max_steps=2",
+                "trainer.log_every=1",
+                "trainer.progress=false",
+                f"hydra.run.dir={run_dir}",
+            ],
+            capture_output=True,
+            check=True,
+        )
+        acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+        acc.Reload()
+        first = min(e.wall_time for e in acc.Scalars("model/loss"))
+        return first - t0
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def reference_mlp_vae(data_root: Path, epochs: int) -> dict:
+    """pytorch/examples' vae/main.py on CPU (batch 128, Adam 1e-3, ToTensor per sample through a
+    DataLoader, 784-400-20 MLP, BCE + KL) against the same model through aigc; images/s over
+    whole epochs and the test loss after them (nats per image)."""
+    import torch.nn.functional as F
+    from torch import nn
+    from torchvision import datasets, transforms
+
+    class RefVAE(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc21 = nn.Linear(784, 400), nn.Linear(400, 20)
+            self.fc22, self.fc3 = nn.Linear(400, 20), nn.Linear(20, 400)
+            self.fc4 = nn.Linear(400, 784)
+
+        def forward(self, x):
+            h = F.relu(self.fc1(x.view(-1, 784)))
+            mu, logvar = self.fc21(h), self.fc22(h)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
+
+    def loss_fn(recon, x, mu, logvar):
+        bce = F.binary_cross_entropy(recon, x.view(-1, 784), reduction="sum")
+        return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+    torch.manual_seed(1)
+    tf = transforms.ToTensor()
+    train_loader = torch.utils.data.DataLoader(
+        datasets.MNIST(str(data_root), train=True, transform=tf), batch_size=128, shuffle=True
+    )
+    test_loader = torch.utils.data.DataLoader(
+        datasets.MNIST(str(data_root), train=False, transform=tf), batch_size=128
+    )
+    model = RefVAE()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    seen, t0 = 0, time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for x, _ in train_loader:
+            opt.zero_grad()
+            recon, mu, logvar = model(x)
+            loss = loss_fn(recon, x, mu, logvar)
+            loss.backward()
+            opt.step()
+            seen += x.shape[0]
+    ref_rate = seen / (time.perf_counter() - t0)
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for x, _ in test_loader:
+            recon, mu, logvar = model(x)
+            total += loss_fn(recon, x, mu, logvar).item()
+    ref_loss = total / len(test_loader.dataset)
+
+    cfg = compose_cfg(
+        [
+            "dataset=mnist",
+            f"dataset.root={data_root}",
+            "dataset.download=false",
+            "model.arch=mlp",
+            "model.latent_dim=20",
+            "model.hidden=400",
+            "model.likelihood=bernoulli",
+            "optim.lr=1e-3",
+            "trainer.batch_size=128",
+            f"trainer.max_steps={epochs * (60000 // 128)}",
+            "trainer.progress=false",
+        ]
+    )
+    run_dir = Path(tempfile.mkdtemp(prefix="bench_ref_"))
+    clocks: list[StepClock] = []
+    original = TensorData.train_iter
+
+    def timed_iter(self, batch_size, seed):
+        clocks.append(StepClock(original(self, batch_size, seed)))
+        return clocks[-1]
+
+    TensorData.train_iter = timed_iter  # type: ignore[method-assign]
+    try:
+        t0 = time.perf_counter()
+        metrics = train_module.train(cfg, run_dir=run_dir)
+        total_wall = time.perf_counter() - t0
+    finally:
+        TensorData.train_iter = original  # type: ignore[method-assign]
+        shutil.rmtree(run_dir, ignore_errors=True)
+    times = clocks[0].times
+    aigc_rate = (len(times) - 1) * 128 / (times[-1] - times[0])
+    return {
+        "epochs": epochs,
+        "reference_images_per_s": ref_rate,
+        "reference_test_loss": ref_loss,
+        "aigc_images_per_s": aigc_rate,
+        "aigc_test_nelbo": metrics["test/nelbo"],
+        "aigc_wall_s_incl_setup_and_eval": total_wall,
+        "speedup": aigc_rate / ref_rate,
+    }
+
+
+def write_markdown(path: Path, results: dict) -> None:
+    lines = [
+        f"# bench: {results['host']} ({results['threads']} threads), {results['date']}",
+        "",
+        "| case | aigc samples/s | bare loop samples/s | ratio | peak RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, e in results["cases"].items():
+        lines.append(
+            f"| {name} | {e['tool_samples_per_s']:.1f} | {e['bare_samples_per_s']:.1f} | "
+            f"{e['ratio']:.3f} | {e['peak_rss_mb']:.0f} |"
+        )
+    lines += ["", "| start-up | seconds |", "| --- | ---: |"]
+    for k, v in results.get("startup", {}).items():
+        lines.append(f"| {k} | {v:.2f} |")
+    ref = results.get("mlp_vae_reference")
+    if ref:
+        lines += [
+            "",
+            f"MLP VAE on MNIST, {ref['epochs']} epoch(s): pytorch/examples loop "
+            f"{ref['reference_images_per_s']:.0f} images/s (test loss "
+            f"{ref['reference_test_loss']:.1f}), aigc {ref['aigc_images_per_s']:.0f} images/s "
+            f"(test nelbo {ref['aigc_test_nelbo']:.1f}): {ref['speedup']:.2f}x.",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a few steps each; CI smoke run")
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--only", nargs="*", default=[], help="case names to run")
+    args = p.parse_args(argv)
+
+    steps, warmup, rounds = (6, 2, 1) if args.quick else (120, 20, 3)
+    small = ["trainer.num_samples=8", "trainer.eval_samples=100"]
+    cases: dict[str, list[str]] = {
+        "vae_shapes": ["model=vae", *small],
+        "gan_shapes": ["model=gan", *small],
+        "transformer_pydoc": ["model=transformer", *small],
+    }
+    if args.quick:
+        for name in cases:
+            cases[name] += ["dataset.train_size=512", "dataset.test_size=64"] * (
+                name != "transformer_pydoc"
+            )
+    mnist = args.data / "MNIST" / "raw"
+    shakespeare = args.data / "tinyshakespeare" / "input.txt"
+    if not args.quick and mnist.is_dir():
+        data = [f"dataset.root={args.data}", "dataset.download=false"]
+        cases["vae_mnist"] = ["model=vae", "dataset=mnist", *data, *small]
+        cases["gan_mnist"] = ["model=gan", "dataset=mnist", *data, *small]
+    if not args.quick and shakespeare.is_file():
+        cases["gpt_shakespeare"] = [
+            "experiment=gpt_shakespeare",
+            f"dataset.path={shakespeare}",
+            *small,
+        ]
+    if args.only:
+        cases = {k: v for k, v in cases.items() if k in args.only}
+
+    results: dict[str, Any] = {
+        "host": platform.node(),
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "quick": args.quick,
+        "cases": {},
+    }
+    for name, overrides in cases.items():
+        results["cases"][name] = compare(name, overrides, steps, warmup, rounds)
+    if not args.only:
+        results["startup"] = {
+            "aigc --help": cli_seconds("--help", repeats=1 if args.quick else 3),
+            "aigc list": cli_seconds("list", repeats=1 if args.quick else 3),
+        }
+        if not args.quick:
+            results["startup"]["aigc train: start to first step"] = seconds_to_first_step()
+        for k, v in results["startup"].items():
+            print(f"{k:36s} {v:6.2f} s", flush=True)
+    if not args.quick and mnist.is_dir() and (not args.only or "mlp_vae" in args.only):
+        results["mlp_vae_reference"] = reference_mlp_vae(args.data, epochs=1)
+        print(json.dumps(results["mlp_vae_reference"], indent=2), flush=True)
+    if args.quick:
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"bench_{platform.node() or 'host'}_{results['date']}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(stem.with_suffix(".md"), results)
+    print(f"written {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
