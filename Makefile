@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sample test test-fast lint format tensorboard clean
+.PHONY: help install train sample test test-fast bench lint format tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ test: $(STAMP) ## run the whole test suite (slow tests included)
 
 test-fast: $(STAMP) ## the tests not marked slow
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+bench: $(STAMP) ## aigc's loop vs a bare PyTorch loop → bench/results/; ARGS=--quick for a smoke run
+	$(PY) bench/bench.py $(ARGS)
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .

@@ -81,6 +81,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        # The safe unpickler names the global it refused to import; anything else it rejects
+        # (an unknown opcode) is bytes that are not a pickle at all.
+        if "global" not in str(e).lower():
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0][:120]})",
+                hint="use another checkpoint of the run, or retrain",
+            ) from e
         raise CheckpointError(
             f"refused to load {path}: it holds objects other than tensors and plain data "
             "(it may try to run code)",

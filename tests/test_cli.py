@@ -144,3 +144,99 @@ def test_sample_without_runs_is_clear(run_main):
 def test_unknown_command(run_main):
     code, _, err = run_main("trian")
     assert code == 2 and "unknown command 'trian'" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished 2-step VAE run to break in various ways."""
+    from hydra import compose, initialize_config_module
+
+    from aigc_cli.train import train
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    with initialize_config_module(config_module="aigc_cli.configs", version_base="1.3"):
+        cfg = compose("train", overrides=[*tiny_overrides(), "trainer.max_steps=2"])
+    train(cfg, run_dir=run)
+    return run
+
+
+def _broken_run(kind: str, tiny_run: Path, where: Path) -> Path:
+    import shutil
+
+    import torch
+
+    run = where / f"run_{kind}"
+    shutil.copytree(tiny_run, run)
+    path = run / "checkpoints" / "last.pt"
+    data = path.read_bytes()
+    path.unlink()  # last.pt is a hard link: write a new file, not through the link
+    if kind == "corrupt":
+        path.write_bytes(b"not a checkpoint at all" * 10)
+    elif kind == "truncated":
+        path.write_bytes(data[: len(data) // 3])
+    else:
+        path.write_bytes(data)
+        ckpt = torch.load(path, weights_only=True)
+        if kind == "newer":
+            ckpt["format_version"] += 1
+        elif kind == "other_model":  # VAE weights labelled as a GAN's
+            ckpt["model"] = {"name": "gan", "config": {"name": "gan"}}
+        elif kind == "other_size":  # VAE weights for a VAE of another size
+            ckpt["model"]["config"]["latent_dim"] += 3
+            ckpt["config"]["model"]["latent_dim"] += 3
+        torch.save(ckpt, path)
+    return run
+
+
+BROKEN_CHECKPOINTS = [
+    ("corrupt", "is corrupt or truncated"),
+    ("truncated", "is corrupt or truncated"),
+    ("newer", "newer than this aigc reads"),
+    ("other_model", "do not fit model 'gan'"),
+    ("other_size", "do not fit model 'vae'"),
+]
+
+
+@pytest.mark.parametrize(("kind", "expected"), BROKEN_CHECKPOINTS)
+@pytest.mark.parametrize("command", ["sample", "eval", "train"])
+def test_broken_checkpoint_is_one_clear_line(run_main, tmp_path, tiny_run, kind, expected, command):
+    run = _broken_run(kind, tiny_run, tmp_path)
+    arg = "resume" if command == "train" else "run"
+    code, out, err = run_main(command, f"{arg}={run}")
+    assert code != 0 and "Traceback" not in err + out
+    if command == "train" and kind in ("other_model", "other_size"):
+        expected = "cannot resume"  # a weight mismatch found when restoring
+    assert expected in err, err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("", "is empty"), ("tiny text", "is too short")],
+)
+def test_unusable_text_file_is_one_clear_line(run_main, tmp_path, content, expected):
+    (tmp_path / "corpus.txt").write_text(content)
+    code, out, err = run_main(
+        "train",
+        "model=transformer",
+        "dataset=text",
+        "dataset.path=corpus.txt",
+        "trainer.max_steps=1",
+    )
+    assert code != 0 and "Traceback" not in err + out
+    assert expected in err and "corpus.txt" in err, err
+
+
+def test_missing_dataset_offline_is_one_clear_line(run_main, tmp_path):
+    code, out, err = run_main(
+        "train", "dataset=mnist", f"dataset.root={tmp_path / 'no_data'}", "dataset.download=false"
+    )
+    assert code == 2 and "Traceback" not in err + out
+    assert "dataset mnist not found" in err and "train-images-idx3-ubyte" in err, err
+
+
+def test_resume_errors(run_main, tiny_run):
+    code, _, err = run_main("train", "resume=latest")  # run_main's cwd has no outputs/
+    assert code == 2 and "no trained run found" in err and "Traceback" not in err
+    code, _, err = run_main("train", f"resume={tiny_run}", "model=gan")
+    assert code == 2 and "cannot change 'model' when resuming" in err, err
