@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -29,9 +30,11 @@ def evaluate(
     max_batches: int = 0,
     num_samples: int = 0,
     seed: int = 0,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Average the model's per-sample figures over the test split (or its first batches), then
-    add the dataset's sample-based metrics on `num_samples` generated samples."""
+    add the dataset's sample-based metrics on `num_samples` generated samples. `options` go to
+    the model's `evaluate` (e.g. `iwae_k` for the VAE)."""
     device = model.device
     was_training = model.training
     model.eval()
@@ -40,7 +43,7 @@ def evaluate(
         torch.manual_seed(seed)
         for batch in data.eval_iter(batch_size, max_batches):
             batch = tuple(t.to(device, non_blocking=True) for t in batch)
-            for k, v in model.evaluate(batch).items():
+            for k, v in model.evaluate(batch, **(options or {})).items():
                 totals[k] = totals[k] + v if k in totals else v.detach().clone()
         n = totals.pop("n")
         values = torch.stack(list(totals.values())).div(n).tolist()  # one device sync

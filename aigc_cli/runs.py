@@ -130,12 +130,15 @@ def _run_eval(node: DictConfig) -> dict[str, float]:
         num_samples: int = 2500  # generated samples for sample-based metrics
         seed: int = 0  # seed of the Monte-Carlo estimates and samples
         ema: bool = True  # evaluate the EMA weights when the run kept them
+        iwae_k: int = 0  # VAE: samples per image for the IWAE bound on NLL (papers: 5000)
 
     cfg = validate("eval", EvalConfig, {k: v for k, v in node.items() if k != "hydra"})
     check(cfg.batch_size >= 1, "batch_size", "must be >= 1")
+    check(cfg.iwae_k >= 0, "iwae_k", "must be >= 0 (0 = off)")
     ckpt_path = resolve_checkpoint(cfg.run, cfg.checkpoint)
     device = resolve_device(cfg.device)
     model, ckpt = load_run(ckpt_path, device, use_ema=cfg.ema)
+    options = {"iwae_k": cfg.iwae_k} if cfg.iwae_k else {}
     data = build_data(ckpt["dataset"]["config"]).to(device)
     torch.manual_seed(cfg.seed)
     metrics = evaluate(
@@ -145,6 +148,7 @@ def _run_eval(node: DictConfig) -> dict[str, float]:
         max_batches=cfg.max_batches,
         num_samples=cfg.num_samples if _has_sample_metrics(data) else 0,
         seed=cfg.seed,
+        options=options,
     )
     from rich.table import Table
 
@@ -159,6 +163,7 @@ def _run_eval(node: DictConfig) -> dict[str, float]:
         "checkpoint": str(ckpt_path),
         "step": ckpt["step"],
         **{f"test/{k}": v for k, v in metrics.items()},
+        "methods": {f"test/{k}": v for k, v in model.describe_metrics(options).items()},
     }
     out.write_text(json.dumps(record, indent=2) + "\n")
     console.print(f"[green]written[/] {out}")

@@ -388,7 +388,9 @@ def train(
     }
     log.hparams(hp, final, step)
     log.close()
-    (run_dir / "metrics.json").write_text(json.dumps({"step": step, **final}, indent=2) + "\n")
+    methods = {f"test/{k}": v for k, v in model.describe_metrics({}).items()}
+    record = {"step": step, **final, "methods": methods}
+    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     log.summary(
         final,
         {

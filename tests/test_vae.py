@@ -87,3 +87,42 @@ def test_vae_loss_falls_on_shapes(make_cfg, tmp_path):
     # nats per image; a Gaussian NLL has no floor at 0, so compare differences
     assert losses[-1] < losses[0] - 100, losses
     assert metrics["test/nelbo"] < losses[0]
+
+
+def test_iwae_bound_below_nelbo_and_tightens_with_k(make_cfg, tmp_path):
+    from aigc_cli.build import build_data, load_run
+
+    train(make_cfg("trainer.max_steps=30", "trainer.eval_every=0"), run_dir=tmp_path)
+    model, ckpt = load_run(tmp_path / "checkpoints" / "last.pt")
+    x = next(build_data(ckpt["dataset"]["config"]).eval_iter(16))[0]
+    torch.manual_seed(0)
+    nelbo = torch.stack([sum(model.terms(x)) for _ in range(32)]).mean().item()
+    bounds = {k: model.iwae_nll(x, k, chunk=5).mean().item() for k in (16, 256)}
+    assert bounds[256] < bounds[16] < nelbo
+    assert model.iwae_nll(x, 4).shape == (16,)
+
+
+def test_iwae_with_one_sample_is_the_elbo():
+    torch.manual_seed(0)
+    model = VAE(VAE.Config(latent_dim=4, base_channels=8), DataSpec("image", [3, 32, 32])).eval()
+    x = torch.rand(16, 3, 32, 32)
+    with torch.no_grad():
+        nelbo = torch.stack([sum(model.terms(x)) for _ in range(64)]).mean()
+        k1 = model.iwae_nll(x.repeat(64, 1, 1, 1), 1).mean()
+    assert k1.item() == pytest.approx(nelbo.item(), rel=1e-3)
+
+
+def test_eval_reports_iwae_with_its_method(run_main, tmp_path):
+    import json
+
+    from .conftest import tiny_overrides
+
+    code, _, err = run_main("train", *tiny_overrides(), "hydra.run.dir=run")
+    assert code == 0, err
+    assert "methods" in json.loads((tmp_path / "run" / "metrics.json").read_text())
+    code, out, err = run_main("eval", "run=run", "iwae_k=8")
+    assert code == 0, err
+    assert "test/iwae_nll" in out
+    record = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert record["test/iwae_nll"] <= record["test/nelbo"] + 5
+    assert "k=8" in record["methods"]["test/iwae_nll"]

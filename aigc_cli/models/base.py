@@ -50,14 +50,19 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def evaluate(self, batch: Batch) -> dict[str, Tensor]:
+    def evaluate(self, batch: Batch, **options: Any) -> dict[str, Tensor]:
         """Per-batch sums of per-sample figures, plus "n": the number of samples (or tokens) they
-        are summed over. The caller divides the totals by the total n."""
+        are summed over. The caller divides the totals by the total n. `options` are optional
+        extra estimates a family may offer (the VAE's `iwae_k`); others ignore them."""
         raise NotImplementedError
 
     def finalize_metrics(self, means: dict[str, float]) -> dict[str, float]:
         """Derived metrics (bits/dim, perplexity) from the averaged figures."""
         return means
+
+    def describe_metrics(self, options: dict[str, Any]) -> dict[str, str]:
+        """How each metric was computed, for metrics.json / eval.json."""
+        return {}
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None, **kw: Any) -> Any:

@@ -245,7 +245,7 @@ class GAN(GenerativeModel):
             yield Stage("gen", g, {"loss": g.detach()})
 
     @torch.no_grad()
-    def evaluate(self, batch: Batch) -> dict[str, Tensor]:
+    def evaluate(self, batch: Batch, **options: Any) -> dict[str, Tensor]:
         """D's view of held-out real data vs fresh fakes (GAN quality is judged on samples)."""
         real = self._to_model(batch[0])
         y = self._labels(batch)

@@ -180,7 +180,7 @@ class Transformer(GenerativeModel):
         yield Stage("model", loss, {"loss": loss.detach()})
 
     @torch.no_grad()
-    def evaluate(self, batch: Batch) -> dict[str, Tensor]:
+    def evaluate(self, batch: Batch, **options: Any) -> dict[str, Tensor]:
         x, y = batch
         logits = self.gpt(x).float()
         nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
@@ -193,6 +193,15 @@ class Transformer(GenerativeModel):
             "loss": loss,
             f"bits_per_{unit}": loss / math.log(2),
             "perplexity": math.exp(min(loss, 50.0)),
+        }
+
+    def describe_metrics(self, options: dict[str, Any]) -> dict[str, str]:
+        unit = "char" if self.tokenizer.kind == "char" else "byte"
+        return {
+            "loss": "cross-entropy of the next token, nats per token, every position of "
+            "non-overlapping windows covering the whole validation split",
+            f"bits_per_{unit}": "loss / ln 2",
+            "perplexity": "exp(loss)",
         }
 
     @torch.no_grad()
