@@ -133,6 +133,7 @@ def test_second_signal_exits_at_once():
             time.sleep(1)
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_real_process_checkpoints_and_says_how_to_resume(tmp_path, run_main):
     """`aigc train` in a subprocess gets SIGINT mid-run: exit 130, a checkpoint, a resume hint;
     `aigc train resume=latest` then continues the same run to its end."""
