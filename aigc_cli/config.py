@@ -30,6 +30,8 @@ class TrainerConfig:
     num_samples: int = 64  # images in each logged sample grid
     ckpt_every: int = 500  # checkpoints/step_N.pt (+ last.pt); 0 = only at the end
     keep_checkpoints: int = 3  # newest step_N.pt files kept; older ones are deleted
+    best_metric: str | None = None  # keep checkpoints/best.pt by this test metric; null = off
+    best_mode: str = "min"  # min | max: which direction of best_metric is better
     ema: bool = False  # keep an exponential moving average of the weights for eval and sampling
     ema_decay: float = 0.999  # EMA decay (warmed up from 0 over the first steps)
     compile: bool = False  # torch.compile the model's networks
@@ -57,6 +59,7 @@ class OptimConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "trainer.precision": ("32", "bf16", "16"),
     "trainer.on_nonfinite": ("stop", "skip"),
+    "trainer.best_mode": ("min", "max"),
     "optim.name": ("adam", "adamw"),
     "optim.schedule": ("constant", "cosine"),
 }

@@ -22,11 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
 
 from aigc_cli.build import build_data, build_model, resolve_checkpoint, resolve_device
-from aigc_cli.checkpoint import load_checkpoint, save_rotating
+from aigc_cli.checkpoint import load_checkpoint, save_checkpoint, save_rotating
 from aigc_cli.config import TrainerConfig, validate_optim, validate_trainer
 from aigc_cli.cpu import configure_cpu
 from aigc_cli.ema import EMA
-from aigc_cli.errors import AigcError, CheckpointError, TrainingError
+from aigc_cli.errors import AigcError, CheckpointError, ConfigError, TrainingError
 from aigc_cli.evaluate import evaluate, isolated_rng
 from aigc_cli.logger import RunLogger, Throughput, config_tree, flatten, save_grid, to_grid
 from aigc_cli.models.base import Stage
@@ -209,6 +209,7 @@ def train(
             "scaler": scaler.state_dict(),
             "rng": rng_state(),
             "data_state": batches.state_dict(),
+            "best": dict(best),
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
 
@@ -289,6 +290,26 @@ def train(
             # previous checkpoint is intact; say so and try again at the next interval.
             log.print(f"[red]warning:[/] {e}")
 
+    # The best value so far of trainer.best_metric; carried in checkpoints so a resumed run
+    # only replaces best.pt with something better than what it already holds.
+    best: dict[str, Any] = dict(ckpt.get("best") or {}) if ckpt is not None else {}
+
+    def keep_best(m: dict[str, float]) -> None:
+        if not t.best_metric:
+            return
+        if t.best_metric not in m:
+            raise ConfigError(
+                f"bad value for 'trainer.best_metric': '{t.best_metric}' is not a test metric "
+                f"of this model; choose from: {', '.join(m)}"
+            )
+        value = m[t.best_metric]
+        sign = 1.0 if t.best_mode == "min" else -1.0
+        if best and sign * value >= sign * best["value"]:
+            return
+        best.update(metric=t.best_metric, value=value, step=step)
+        save_checkpoint(state(), run_dir / "checkpoints" / "best.pt")
+        log.print(f"best.pt: {t.best_metric}={value:.5g} at step {step}")
+
     stop = StopFlag()
     log.start_progress(t.max_steps, step)
     autocast = torch.autocast(
@@ -345,6 +366,7 @@ def train(
                             seed=seed,
                         )
                     log.scalars({f"test/{k}": v for k, v in m.items()}, step)
+                    keep_best(m)
                 if _every(step, t.sample_every) and step < t.max_steps:
                     log_samples()
                 if _every(step, t.ckpt_every) or stop.signum:
@@ -371,6 +393,7 @@ def train(
             log_samples()
             if saved_step != step:
                 checkpoint(final=True)
+            keep_best(metrics)
     except torch.OutOfMemoryError as e:
         raise TrainingError(
             f"out of memory on {device} at trainer.batch_size={t.batch_size}",

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from aigc_cli.checkpoint import load_checkpoint
-from aigc_cli.errors import TrainingError
+from aigc_cli.errors import ConfigError, TrainingError
 from aigc_cli.models.vae import VAE
 from aigc_cli.train import StopFlag, TrainingInterrupted, train
 
@@ -170,3 +170,18 @@ def test_ctrl_c_in_a_real_process_checkpoints_and_says_how_to_resume(tmp_path, r
     assert load_checkpoint(ckpt_path)["step"] == stopped_at + 2
     steps = [s for s, _ in read_scalars(ckpt_path.parent.parent)["model/loss"]]
     assert steps == sorted(set(steps)) and steps[-1] == stopped_at + 2
+
+
+def test_best_checkpoint_follows_the_chosen_metric(make_cfg, tmp_path, run_main):
+    cfg = make_cfg("trainer.eval_every=2", "trainer.best_metric=nelbo")
+    train(cfg, run_dir=tmp_path / "run")
+    curve = read_scalars(tmp_path / "run")["test/nelbo"]  # steps 2, 4 and the final 6
+    best_step, best_value = min(curve, key=lambda sv: sv[1])
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert best["step"] == best_step
+    assert best["best"]["value"] == pytest.approx(best_value, rel=1e-5)
+    code, out, err = run_main("eval", f"run={tmp_path / 'run'}", "checkpoint=best")
+    assert code == 0 and f"(step {best_step})" in out.replace("\n", ""), err
+
+    with pytest.raises(ConfigError, match=r"'fid' is not a test metric.*choose from: nelbo"):
+        train(make_cfg("trainer.best_metric=fid"), run_dir=tmp_path / "bad")
