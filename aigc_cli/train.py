@@ -277,8 +277,10 @@ def train(
     saved_step = step
 
     def checkpoint(final: bool = False) -> None:
+        """Write step_N.pt + last.pt unless this step is already saved (a resumed start, or
+        a periodic save on the last step)."""
         nonlocal saved_step
-        if step == saved_step and not final:
+        if step == saved_step:
             return
         try:
             save_rotating(state(), run_dir / "checkpoints", step, t.keep_checkpoints)
@@ -391,8 +393,7 @@ def train(
                     seed=seed,
                 )
             log_samples()
-            if saved_step != step:
-                checkpoint(final=True)
+            checkpoint(final=True)
             keep_best(metrics)
     except torch.OutOfMemoryError as e:
         raise TrainingError(

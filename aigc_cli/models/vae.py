@@ -228,9 +228,10 @@ class VAE(GenerativeModel):
             "nelbo": f"negative ELBO (one posterior sample per image, KL weight 1), {unit}",
             "recon": f"reconstruction term -log p(x|z), {unit}",
             "kl": f"KL(q(z|x) || N(0, I)), {unit}",
-            "bits_per_dim": "nelbo / (dims * ln 2)"
-            + (" + 8 (density on [0,1] scored as 256-level pixels)" * self._gaussian),
+            "bits_per_dim": "nelbo / (dims * ln 2)",
         }
+        if self.cfg.likelihood == "gaussian":
+            notes["bits_per_dim"] += " + 8 (density on [0,1] scored as 256-level pixels)"
         if options.get("iwae_k"):
             notes["iwae_nll"] = (
                 f"importance-weighted bound on -log p(x) (Burda et al. 2016), "
@@ -238,10 +239,6 @@ class VAE(GenerativeModel):
             )
             notes["iwae_bits_per_dim"] = "iwae_nll converted like bits_per_dim"
         return notes
-
-    @property
-    def _gaussian(self) -> bool:
-        return self.cfg.likelihood == "gaussian"
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None, **kw: object) -> Tensor:
