@@ -6,8 +6,9 @@ import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -16,16 +17,16 @@ from aigc_cli.errors import CheckpointError
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
-    """Write `obj` to `path` so that a crash at any moment leaves either the old or the new file:
-    write a temporary file in the same folder, fsync it, rename it over the target, fsync the
-    folder (so the rename itself survives a power cut)."""
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None], what: str) -> None:
+    """Write a file so that a crash at any moment leaves either the old or the new one: write a
+    temporary file in the same folder, fsync it, rename it over the target, fsync the folder
+    (so the rename itself survives a power cut)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **obj}, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -33,11 +34,23 @@ def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise CheckpointError(
-                f"could not write checkpoint {path}: {e.strerror or e}",
-                hint="the previous checkpoint is kept; free disk space or change the output dir",
+                f"could not write {what} {path}: {e.strerror or e}",
+                hint=f"the previous {what} is kept; free disk space or change the output dir",
             ) from e
         raise
     _fsync_dir(path.parent)
+
+
+def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
+    """Atomically write `obj`, stamped with the format version, as a torch checkpoint."""
+    _atomic_write(
+        path, lambda f: torch.save({"format_version": FORMAT_VERSION, **obj}, f), "checkpoint"
+    )
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Atomically replace a small text file (metrics.json): never left half-written."""
+    _atomic_write(path, lambda f: f.write(text.encode()), "file")
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -17,7 +17,7 @@ CONFIGS = "pkg://aigc_cli.configs"
 COMMANDS = {
     "train": "train a model: aigc train model=gan dataset=shapes trainer.max_steps=2000",
     "sample": "write samples of a run: aigc sample [run=<run dir>] n=64 seed=1",
-    "eval": "evaluate a run on its test split: aigc eval [run=<run dir>]",
+    "eval": "evaluate a run: aigc eval [run=<run dir>] [metrics=[nll,fid,kid,pr,coverage]]",
     "list": "list the registered models and datasets",
 }
 USAGE = (
@@ -54,15 +54,15 @@ def eval_app(cfg: DictConfig) -> None:
 def list_command() -> None:
     from rich.table import Table
 
-    from aigc_cli.logger import console
-    from aigc_cli.registry import DATASETS, MODELS
+    from aigc_cli.console import console
+    from aigc_cli.registry import catalogue
 
-    for registry in (MODELS, DATASETS):
-        table = Table(title=f"{registry.kind}s", title_justify="left", show_header=False)
-        table.add_column(registry.kind, style="bold cyan")
+    for kind, entries in catalogue().items():
+        table = Table(title=f"{kind}s", title_justify="left", show_header=False)
+        table.add_column(kind, style="bold cyan")
         table.add_column("description")
-        for entry in registry.entries():
-            table.add_row(entry.name, entry.description)
+        for name, description in entries:
+            table.add_row(name, description)
         console.print(table)
 
 
@@ -90,9 +90,14 @@ def main(argv: list[str] | None = None) -> None:
             list_command()
             return
         if command == "train":
-            rest = _resume_overrides(rest)
+            rest = _torchrun_overrides(_sweep_overrides(_resume_overrides(rest)))
+        from aigc_cli import sweep
+
+        sweep.failed_jobs = 0  # set by the sweep's summary callback
         sys.argv = [f"aigc-{command}", *rest]
         APPS[command]()
+        if sweep.failed_jobs:
+            _fail(f"{sweep.failed_jobs} job(s) of the sweep did not complete (table above)", 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except BaseException as e:
@@ -124,12 +129,59 @@ def _resume_overrides(args: list[str]) -> list[str]:
     return [*args, f"hydra.run.dir={run_dir}"]
 
 
+def _sweep_overrides(args: list[str]) -> list[str]:
+    """`resume_sweep=<sweep dir>|latest` reruns a sweep in its own dir: point hydra.sweep.dir
+    there (the jobs then skip what an earlier pass finished)."""
+    value = next((a.split("=", 1)[1] for a in args if a.startswith("resume_sweep=")), None)
+    if not value or value == "null" or any(a.startswith("hydra.sweep.dir=") for a in args):
+        return args
+    from aigc_cli.sweep import resolve_sweep_dir
+
+    return [*args, f"hydra.sweep.dir={resolve_sweep_dir(value)}"]
+
+
+def _torchrun_overrides(args: list[str]) -> list[str]:
+    """Under torchrun every rank runs this command. Rank 0 alone writes a run dir (the others
+    learn its path from rank 0); a sweep cannot be split that way, so it is refused."""
+    if _torchrun_var("WORLD_SIZE", 1) <= 1:
+        return args
+    if any(a in ("-m", "--multirun") or a == "hydra.mode=MULTIRUN" for a in args):
+        _fail(
+            "a sweep (-m) cannot run inside torchrun: every rank would launch every job. "
+            "Run one torchrun per configuration instead, e.g. "
+            "`for lr in 1e-3 3e-4; do torchrun --nproc_per_node=N -m aigc_cli train "
+            "optim.lr=$lr; done`, or sweep single-process jobs with a launcher "
+            "(aigc train -m hydra/launcher=joblib ...)",
+            2,
+        )
+    if _torchrun_var("RANK", 0) == 0:
+        return args
+    import tempfile
+
+    scratch = os.path.join(tempfile.gettempdir(), f"aigc-rank{os.environ['RANK']}")
+    return [
+        *(a for a in args if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))),
+        f"hydra.run.dir={scratch}",
+        "hydra.output_subdir=null",
+        "hydra/job_logging=disabled",
+        "hydra/hydra_logging=disabled",
+    ]
+
+
+def _torchrun_var(name: str, default: int) -> int:
+    """RANK / WORLD_SIZE as torchrun exports them, read without importing torch."""
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else default
+
+
 def _fail(message: str, code: int) -> None:
     from rich.console import Console
     from rich.markup import escape
 
+    world = _torchrun_var("WORLD_SIZE", 1)
+    where = f" (rank {_torchrun_var('RANK', 0)} of {world})" if world > 1 else ""
     Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"[bold red]aigc: error:[/] {escape(message)}"
+        f"[bold red]aigc: error{where}:[/] {escape(message)}"
     )
     sys.exit(code)
 
@@ -149,6 +201,14 @@ def describe_error(e: BaseException, args: list[str]) -> tuple[str | None, int]:
     if isinstance(e, AigcError):
         return str(e), e.exit_code
     text = str(e).strip()
+    if isinstance(e, MissingConfigException) and re.search(r"hydra/(launcher|sweeper)", text):
+        m = re.search(r"Could not find '(hydra/[^']+)'", text)
+        what = m.group(1) if m else "a Hydra launcher or sweeper"
+        return (
+            f"{what} is not installed: launchers and sweepers are an optional extra; "
+            "install them with: pip install 'aigc[sweep]' (from a checkout: "
+            "pip install -e '.[sweep]')"
+        ), 2
     if isinstance(e, MissingConfigException):
         m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
         options = re.findall(r"^\t(\S+)$", text, flags=re.M)
@@ -191,7 +251,9 @@ def _unknown_key(key: str, args: list[str]) -> str:
         from aigc_cli.registry import DATASETS, MODELS
 
         registry = MODELS if section == "model" else DATASETS
-        chosen = next((a.split("=", 1)[1] for a in args if a.startswith(f"{section}=")), None)
+        # the last choice of the group wins, as in Hydra
+        picks = [a.split("=", 1)[1] for a in args if a.startswith(f"{section}=")]
+        chosen = picks[-1] if picks else None
         chosen = chosen or ("vae" if section == "model" else "shapes")
         if chosen in registry:
             fields = [f.name for f in dataclasses.fields(registry.get(chosen).config)]
@@ -199,7 +261,7 @@ def _unknown_key(key: str, args: list[str]) -> str:
 
     allowed = f"; allowed keys in {section}: {', '.join(fields)}" if fields else ""
     close = difflib.get_close_matches(name, fields, n=1)
-    guess = f" (did you mean '{section}.{close[0]}'?)" if close else ""
+    guess = f" (did you mean '{section}.{close[0]}'?)" if close and close[0] != name else ""
     return f"unknown config key '{key}'{guess}{allowed}"
 
 

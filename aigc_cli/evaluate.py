@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from aigc_cli import distributed
 from aigc_cli.data.base import DataModule
 from aigc_cli.models.base import GenerativeModel
 
@@ -31,25 +32,38 @@ def evaluate(
     num_samples: int = 0,
     seed: int = 0,
     options: dict[str, Any] | None = None,
+    world: distributed.World | None = None,
 ) -> dict[str, float]:
     """Average the model's per-sample figures over the test split (or its first batches), then
     add the dataset's sample-based metrics on `num_samples` generated samples. `options` go to
-    the model's `evaluate` (e.g. `iwae_k` for the VAE)."""
+    the model's `evaluate` (e.g. `iwae_k` for the VAE).
+
+    With several ranks, each evaluates every `world.size`-th batch and the sums are pooled, so
+    the figures are those of the whole split; sample metrics come from rank 0."""
+    world = world or distributed.World()
     device = model.device
     was_training = model.training
     model.eval()
     totals: dict[str, torch.Tensor] = {}
     with isolated_rng(device):
         torch.manual_seed(seed)
-        for batch in data.eval_iter(batch_size, max_batches):
+        for i, batch in enumerate(data.eval_iter(batch_size, max_batches)):
+            if i % world.size != world.rank:
+                continue
             batch = tuple(t.to(device, non_blocking=True) for t in batch)
             for k, v in model.evaluate(batch, **(options or {})).items():
                 totals[k] = totals[k] + v if k in totals else v.detach().clone()
-        n = totals.pop("n")
-        values = torch.stack(list(totals.values())).div(n).tolist()  # one device sync
-        metrics = model.finalize_metrics(dict(zip(totals, values, strict=True)))
+        sums = {}  # a rank may have no test batch of its own
+        if totals:  # one device sync
+            sums = dict(zip(totals, torch.stack(list(totals.values())).tolist(), strict=True))
+        pooled = distributed.sum_objects(sums, world)  # the same dict with one rank
+        n = pooled.pop("n")
+        metrics = model.finalize_metrics({k: v / n for k, v in pooled.items()})
         if num_samples:
-            g = torch.Generator().manual_seed(seed)
-            metrics.update(data.sample_metrics(model.sample(num_samples, generator=g)))
+            extra = None
+            if world.is_main:
+                g = torch.Generator().manual_seed(seed)
+                extra = data.sample_metrics(model.sample(num_samples, generator=g))
+            metrics.update(distributed.broadcast_object(extra, world))
     model.train(was_training)
     return metrics

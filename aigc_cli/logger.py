@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,7 +22,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-console = Console(stderr=False)
+from aigc_cli.console import console
 
 
 def config_tree(cfg: Mapping[str, Any], title: str = "config") -> Tree:
@@ -51,6 +50,18 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def write_hparams(
+    writer: SummaryWriter, params: Mapping[str, Any], metrics: Mapping[str, float], step: int
+) -> None:
+    """One HParams session in `writer`'s event file: the config and the metrics it reached."""
+    clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
+    tagged = {f"hparam/{k}": float(v) for k, v in metrics.items()}
+    for summary in hparams_summary(clean, tagged):
+        writer.file_writer.add_summary(summary)
+    for k, v in tagged.items():
+        writer.add_scalar(k, v, step)
+
+
 class RunLogger:
     def __init__(self, run_dir: Path, *, progress: bool = True, purge_step: int | None = None):
         self.run_dir = Path(run_dir)
@@ -75,13 +86,7 @@ class RunLogger:
     def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
         """hparams + final metrics in the run's own event file (add_hparams would make a new
         subfolder, splitting the run in two in TensorBoard's list)."""
-        clean = {
-            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()
-        }
-        tagged = {f"hparam/{k}": float(v) for k, v in metrics.items()}
-        for summary in hparams_summary(clean, tagged):
-            self.writer.file_writer.add_summary(summary)
-        self.scalars(tagged, step)
+        write_hparams(self.writer, params, metrics, step)
 
     def flush(self) -> None:
         self.writer.flush()
@@ -167,3 +172,37 @@ def to_grid(images: Tensor, nrow: int = 8) -> Tensor:
 
 
 __all__ = ["RunLogger", "Throughput", "config_tree", "console", "flatten", "save_grid", "to_grid"]
+
+
+class QuietLogger(RunLogger):
+    """The logger of a data-parallel rank other than 0: rank 0 alone writes events and prints."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.show_progress = False
+        self._progress = None
+        self._task = None
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        pass
+
+    def image(self, tag: str, grid: Tensor, step: int) -> None:
+        pass
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        pass
+
+    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def print(self, *args: Any) -> None:
+        pass
+
+    def summary(self, metrics: Mapping[str, float], rows: Mapping[str, str]) -> None:
+        pass

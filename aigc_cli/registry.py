@@ -3,8 +3,10 @@ or a checkpoint can only select components shipped with aigc."""
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aigc_cli.errors import ConfigError
@@ -67,3 +69,32 @@ def _load_builtins() -> None:
     # `aigc --help` never pays for importing torch.
     import aigc_cli.data
     import aigc_cli.models  # noqa: F401
+
+
+def catalogue() -> dict[str, list[tuple[str, str]]]:
+    """(name, description) of every built-in model and dataset, read from the registration
+    decorators in the source instead of by importing the modules (and torch with them), so
+    `aigc list` answers at once. tests/test_registry.py holds it equal to the live registries."""
+    pkg = Path(__file__).parent
+    found: dict[str, list[tuple[str, str]]] = {}
+    for registry, folder in ((MODELS, "models"), (DATASETS, "data")):
+        var = "MODELS" if registry is MODELS else "DATASETS"
+        entries = found.setdefault(registry.kind, [])
+        for path in sorted((pkg / folder).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+                    continue
+                for dec in node.decorator_list:
+                    if (
+                        isinstance(dec, ast.Call)
+                        and isinstance(dec.func, ast.Attribute)
+                        and dec.func.attr == "register"
+                        and isinstance(dec.func.value, ast.Name)
+                        and dec.func.value.id == var
+                        and dec.args
+                        and isinstance(dec.args[0], ast.Constant)
+                    ):
+                        doc = (ast.get_docstring(node) or "").strip().splitlines()
+                        entries.append((str(dec.args[0].value), doc[0] if doc else ""))
+        entries.sort()
+    return found

@@ -13,6 +13,7 @@ import torch
 
 from aigc_cli.build import load_run, resolve_checkpoint, resolve_device, run_dir_of
 from aigc_cli.config import check, validate
+from aigc_cli.errors import ConfigError
 from aigc_cli.logger import console, save_grid
 from aigc_cli.plots import scatter_image
 
@@ -45,6 +46,16 @@ def sample(node: Any) -> Path:
     ckpt_path = resolve_checkpoint(cfg.run, cfg.checkpoint)
     model, _ = load_run(ckpt_path, resolve_device(cfg.device), use_ema=cfg.ema)
     run_dir = run_dir_of(ckpt_path)
+    if not model.generates:
+        raise ConfigError(
+            f"{run_dir} is a run of model '{model.cfg.name}', which generates no samples",
+            hint="pass run=<dir> of a generative run (vae, gan, transformer)",
+        )
+    if cfg.mode == "interpolate" and not hasattr(model, "interpolate"):
+        raise ConfigError(
+            f"bad value for 'mode': model '{model.cfg.name}' has no latent space to interpolate",
+            hint="use mode=sample",
+        )
     g = torch.Generator().manual_seed(cfg.seed)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     kind = model.spec.kind

@@ -8,6 +8,7 @@ import contextlib
 import json
 import math
 import random
+import re
 import signal
 import threading
 import time
@@ -21,14 +22,24 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
 
-from aigc_cli.build import build_data, build_model, resolve_checkpoint, resolve_device
+from aigc_cli import distributed
+from aigc_cli.build import build_data, build_model, resolve_checkpoint
 from aigc_cli.checkpoint import load_checkpoint, save_checkpoint, save_rotating
-from aigc_cli.config import TrainerConfig, validate_optim, validate_trainer
+from aigc_cli.config import OptimConfig, TrainerConfig, validate_optim, validate_trainer
 from aigc_cli.cpu import configure_cpu
 from aigc_cli.ema import EMA
 from aigc_cli.errors import AigcError, CheckpointError, ConfigError, TrainingError
 from aigc_cli.evaluate import evaluate, isolated_rng
-from aigc_cli.logger import RunLogger, Throughput, config_tree, flatten, save_grid, to_grid
+from aigc_cli.logger import (
+    QuietLogger,
+    RunLogger,
+    Throughput,
+    config_tree,
+    flatten,
+    save_grid,
+    to_grid,
+)
+from aigc_cli.metrics.quality import GROUPS, SampleQuality, validate_metrics
 from aigc_cli.models.base import Stage
 from aigc_cli.optim import make_scheduler
 from aigc_cli.plots import scatter_image
@@ -111,16 +122,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def apply_stage(
-    stage: Stage, optimizers: dict[str, Optimizer], scaler: torch.amp.GradScaler, grad_clip: float
+    stage: Stage,
+    optimizers: dict[str, Optimizer],
+    scaler: torch.amp.GradScaler,
+    grad_clip: float,
+    world: distributed.World | None = None,
 ) -> torch.Tensor:
-    """backward → unscale → clip → step for one stage; returns the gradient norm (a tensor, so
-    reading it costs no sync). Only `optimizers[stage.opt_name]` steps: a GAN's generator stage
-    leaves the discriminator's weights alone even though gradients reach them."""
+    """backward → (average over ranks) → unscale → clip → step for one stage; returns the
+    gradient norm (a tensor, so reading it costs no sync). Only `optimizers[stage.opt_name]`
+    steps: a GAN's generator stage leaves the discriminator's weights alone even though
+    gradients reach them."""
     opt = optimizers[stage.opt_name]
     opt.zero_grad(set_to_none=True)
     scaler.scale(stage.loss).backward()
-    scaler.unscale_(opt)
     params = [p for g in opt.param_groups for p in g["params"]]
+    if world is not None:
+        # Before clipping, so the clip sees the global batch's gradient.
+        distributed.average_gradients(params, world)
+    scaler.unscale_(opt)
     norm = torch.nn.utils.clip_grad_norm_(
         params, grad_clip if grad_clip > 0 else math.inf, foreach=True
     )
@@ -153,16 +172,47 @@ def train(
     if resume is None and cfg.get("resume"):
         resume = cfg.resume
     ckpt = load_checkpoint(resolve_checkpoint(resume)) if resume else None
+    configure_cpu(t.threads, t.keep_cpu_memory)
+    # Under torchrun: join the process group; only rank 0 writes anything, into its run dir.
+    world, device = distributed.init(t.device)
+    try:
+        return _train(cfg, t, o, seed, ckpt, world, device, run_dir, resume)
+    except RuntimeError as e:
+        if world.parallel and distributed.is_comm_failure(e):
+            # Another rank died (its own error, or torchrun's report, names the cause); this
+            # rank only lost its peers: say so in one line rather than with a gloo traceback.
+            raise TrainingError(
+                "lost contact with the other ranks: "
+                + re.sub(r"^\[[^\]]*\]\s*", "", str(e).splitlines()[0])[:120],
+                hint="another rank failed first; its error (or torchrun's summary) says why",
+            ) from e
+        raise
+    finally:
+        if world.parallel:
+            distributed.shutdown()
+
+
+def _train(
+    cfg: DictConfig,
+    t: TrainerConfig,
+    o: OptimConfig,
+    seed: int,
+    ckpt: dict[str, Any] | None,
+    world: distributed.World,
+    device: torch.device,
+    run_dir: str | Path | None,
+    resume: str | Path | None,
+) -> dict[str, float]:
+    per_rank_batch = distributed.check_batch_size(t.batch_size, world)
     if run_dir is None:
         run_dir = resolve_checkpoint(resume).parent.parent if resume else default_run_dir()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(distributed.broadcast_object(str(run_dir), world))
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
-    configure_cpu(t.threads, t.keep_cpu_memory)
     if t.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(seed)
-    device = resolve_device(t.device)
     if device.type == "cuda":
         # TF32 matmuls/convolutions: ~free speed on Ampere+ at no visible cost for these models.
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -171,6 +221,19 @@ def train(
 
     data = build_data(cfg.dataset).to(device)
     model = build_model(cfg.model, data.spec).to(device)
+    # Sample-quality metrics (FID, KID, ...) are checked and their feature network loaded
+    # before the first step, so a missing classifier fails now rather than at the end.
+    mcfg = validate_metrics(cfg.get("metrics") or {})
+    quality = None
+    if mcfg.names and world.is_main:  # computed on rank 0, then shared
+        quality = SampleQuality(mcfg, mcfg.names, data, cfg.dataset.name, device)
+    sample_keys = {k for keys in GROUPS.values() for k in keys}
+    if t.best_metric in sample_keys and not any(t.best_metric in GROUPS[n] for n in mcfg.names):
+        group = next(n for n, keys in GROUPS.items() if t.best_metric in keys)
+        raise ConfigError(
+            f"trainer.best_metric={t.best_metric} is computed only when metrics.names has {group}",
+            hint=f"add metrics.names=[{group}] (and metrics.every=N to check it during training)",
+        )
     if ckpt is not None and ckpt["model"]["name"] != cfg.model.name:
         raise CheckpointError(
             f"cannot resume: the checkpoint is of model '{ckpt['model']['name']}', "
@@ -179,6 +242,7 @@ def train(
         )
     # The EMA copy is taken before compiling: a compiled module's copy would still call the
     # original's forward.
+    distributed.broadcast_module(model, world)
     ema = EMA(model, t.ema_decay) if t.ema else None
     if t.compile:
         # In place, so parameter names (and checkpoints) are the same with and without compile.
@@ -189,6 +253,8 @@ def train(
     amp_dtype = AMP_DTYPES.get(t.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "16")
     batches = data.train_iter(t.batch_size, seed)
+    if world.parallel:
+        batches = distributed.ShardedBatches(batches, world)
     step = 0
     if ckpt is not None:
         step = _restore(ckpt, model, ema, optimizers, schedulers, scaler, batches)
@@ -214,8 +280,11 @@ def train(
         }
 
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    (run_dir / "config.yaml").write_text(resolved)
-    log = RunLogger(run_dir, progress=t.progress, purge_step=step + 1 if step else None)
+    if world.is_main:
+        (run_dir / "config.yaml").write_text(resolved)
+        log = RunLogger(run_dir, progress=t.progress, purge_step=step + 1 if step else None)
+    else:
+        log = QuietLogger(run_dir)
     log.print(config_tree(OmegaConf.to_container(cfg, resolve=True), f"config → {run_dir}"))
     if step:
         log.print(f"[green]resumed from step {step}")
@@ -226,6 +295,7 @@ def train(
     log.print(
         f"model [bold]{model.cfg.name}[/] ({n_params / 1e6:.2f}M parameters) on {device}, "
         f"precision {t.precision}"
+        + (f", {world.size} ranks × batch {per_rank_batch}" if world.parallel else "")
     )
 
     sums: dict[str, torch.Tensor] = {}
@@ -239,9 +309,8 @@ def train(
         nonlocal counted, sums
         if not counted:
             return
-        values = dict(
-            zip(sums, torch.stack(list(sums.values())).div(counted).tolist(), strict=True)
-        )
+        stacked = distributed.mean_tensor(torch.stack(list(sums.values())).div(counted), world)
+        values = dict(zip(sums, stacked.tolist(), strict=True))
         # Gradient norms are left out: with fp16 an inf norm is the GradScaler skipping a step.
         bad = {
             k: v for k, v in values.items() if not math.isfinite(v) and not k.endswith("grad_norm")
@@ -271,6 +340,8 @@ def train(
         return contextlib.nullcontext()
 
     def log_samples() -> None:
+        if not model.generates or not world.is_main:
+            return
         with isolated_rng(device), eager():
             _log_samples(log, eval_model, data, t, seed, step, run_dir, first_test)
 
@@ -280,7 +351,7 @@ def train(
         """Write step_N.pt + last.pt unless this step is already saved (a resumed start, or
         a periodic save on the last step)."""
         nonlocal saved_step
-        if step == saved_step:
+        if step == saved_step or not world.is_main:
             return
         try:
             save_rotating(state(), run_dir / "checkpoints", step, t.keep_checkpoints)
@@ -300,6 +371,8 @@ def train(
         if not t.best_metric:
             return
         if t.best_metric not in m:
+            if t.best_metric in sample_keys:
+                return  # judged when the sample metrics are computed
             raise ConfigError(
                 f"bad value for 'trainer.best_metric': '{t.best_metric}' is not a test metric "
                 f"of this model; choose from: {', '.join(m)}"
@@ -309,8 +382,17 @@ def train(
         if best and sign * value >= sign * best["value"]:
             return
         best.update(metric=t.best_metric, value=value, step=step)
-        save_checkpoint(state(), run_dir / "checkpoints" / "best.pt")
+        if world.is_main:
+            save_checkpoint(state(), run_dir / "checkpoints" / "best.pt")
         log.print(f"best.pt: {t.best_metric}={value:.5g} at step {step}")
+
+    def sample_quality() -> dict[str, float]:
+        """FID and friends from rank 0, the same figures on every rank."""
+        q = None
+        if quality is not None:
+            with isolated_rng(device), eager():
+                q = quality(eval_model, seed)
+        return distributed.broadcast_object(q, world)
 
     stop = StopFlag()
     log.start_progress(t.max_steps, step)
@@ -331,7 +413,7 @@ def train(
                     if t.on_nonfinite == "skip" and not bool(torch.isfinite(stage.loss)):
                         skip = True  # abandon the whole step: no half-updated GAN
                         break
-                    norm = apply_stage(stage, optimizers, scaler, t.grad_clip)
+                    norm = apply_stage(stage, optimizers, scaler, t.grad_clip, world)
                     for k, v in stage.scalars.items():
                         key = f"{stage.opt_name}/{k}"
                         sums[key] = sums[key] + v.float() if key in sums else v.float()
@@ -350,6 +432,8 @@ def train(
                     counted += 1
                 step += 1
                 speed.add(t.batch_size)
+                if world.parallel:  # every rank stops after the same step
+                    stop.signum = distributed.any_rank(stop.signum, world)
 
                 periodic = any(
                     _every(step, e) for e in (t.eval_every, t.sample_every, t.ckpt_every)
@@ -366,9 +450,14 @@ def train(
                             batch_size=t.batch_size,
                             max_batches=t.eval_batches,
                             seed=seed,
+                            world=world,
                         )
                     log.scalars({f"test/{k}": v for k, v in m.items()}, step)
                     keep_best(m)
+                if mcfg.names and _every(step, mcfg.every) and step < t.max_steps:
+                    q = sample_quality()
+                    log.scalars({f"test/{k}": v for k, v in q.items()}, step)
+                    keep_best(q)
                 if _every(step, t.sample_every) and step < t.max_steps:
                     log_samples()
                 if _every(step, t.ckpt_every) or stop.signum:
@@ -391,7 +480,10 @@ def train(
                     batch_size=max(t.batch_size, 256),
                     num_samples=t.eval_samples if _has_sample_metrics(data) else 0,
                     seed=seed,
+                    world=world,
                 )
+            if mcfg.names:
+                metrics.update(sample_quality())
             log_samples()
             checkpoint(final=True)
             keep_best(metrics)
@@ -412,9 +504,11 @@ def train(
     }
     log.hparams(hp, final, step)
     log.close()
-    methods = {f"test/{k}": v for k, v in model.describe_metrics({}).items()}
+    notes = {**model.describe_metrics({}), **(quality.describe() if quality else {})}
+    methods = {f"test/{k}": v for k, v in notes.items()}
     record = {"step": step, **final, "methods": methods}
-    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    if world.is_main:
+        (run_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     log.summary(
         final,
         {

@@ -359,8 +359,18 @@ def main(argv: list[str] | None = None) -> None:
         "quick": args.quick,
         "cases": {},
     }
+    stem = args.out / f"bench_{platform.node() or 'host'}_{results['date']}"
+
+    def save() -> None:  # after every part, so a run cut short still leaves its figures
+        if args.quick:
+            return
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+        write_markdown(stem.with_suffix(".md"), results)
+
     for name, overrides in cases.items():
         results["cases"][name] = compare(name, overrides, steps, warmup, rounds)
+        save()
     if not args.only:
         results["startup"] = {
             "aigc --help": cli_seconds("--help", repeats=1 if args.quick else 3),
@@ -370,15 +380,13 @@ def main(argv: list[str] | None = None) -> None:
             results["startup"]["aigc train: start to first step"] = seconds_to_first_step()
         for k, v in results["startup"].items():
             print(f"{k:36s} {v:6.2f} s", flush=True)
+        save()
     if not args.quick and mnist.is_dir() and (not args.only or "mlp_vae" in args.only):
         results["mlp_vae_reference"] = reference_mlp_vae(args.data, epochs=1)
         print(json.dumps(results["mlp_vae_reference"], indent=2), flush=True)
     if args.quick:
         return
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"bench_{platform.node() or 'host'}_{results['date']}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    write_markdown(stem.with_suffix(".md"), results)
+    save()
     print(f"written {stem}.json and {stem}.md")
 
 

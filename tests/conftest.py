@@ -34,6 +34,7 @@ TINY_DATA = {
 }
 TINY_MODEL = {
     "vae": ["model.latent_dim=4", "model.base_channels=8", "model.max_channels=16"],
+    "classifier": ["model.base_channels=8", "model.max_channels=16", "model.feature_dim=32"],
 }
 
 
@@ -45,6 +46,12 @@ def tiny_overrides(model: str = "vae", dataset: str = "shapes") -> list[str]:
         *TINY_DATA.get(dataset, []),
         *TINY_MODEL.get(model, []),
     ]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked long run last: when CI's time budget cuts the slow tests off, it cuts the
+    long trainings rather than the many short checks."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is not None)
 
 
 @pytest.fixture
@@ -106,6 +113,7 @@ def run_main(tmp_path, monkeypatch, capsys):
 
     def _run(*args: str) -> tuple[int, str, str]:
         GlobalHydra.instance().clear()
+        capsys.readouterr()  # only this command's output: drop what the test printed before
         code = 0
         try:
             main(list(args))

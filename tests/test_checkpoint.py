@@ -100,6 +100,7 @@ for step in range(1, 1000):
 """
 
 
+@pytest.mark.slow  # a second interpreter that imports torch
 def test_sigkill_while_writing_leaves_a_loadable_checkpoint(tmp_path):
     folder = tmp_path / "checkpoints"
     proc = subprocess.Popen(

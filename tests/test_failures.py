@@ -183,5 +183,8 @@ def test_best_checkpoint_follows_the_chosen_metric(make_cfg, tmp_path, run_main)
     code, out, err = run_main("eval", f"run={tmp_path / 'run'}", "checkpoint=best")
     assert code == 0 and f"(step {best_step})" in out.replace("\n", ""), err
 
-    with pytest.raises(ConfigError, match=r"'fid' is not a test metric.*choose from: nelbo"):
-        train(make_cfg("trainer.best_metric=fid"), run_dir=tmp_path / "bad")
+    with pytest.raises(ConfigError, match=r"'elbo' is not a test metric.*choose from: nelbo"):
+        train(make_cfg("trainer.best_metric=elbo"), run_dir=tmp_path / "bad")
+    # a sample metric is known, but needs its group computed
+    with pytest.raises(ConfigError, match=r"best_metric=fid is computed only when metrics.names"):
+        train(make_cfg("trainer.best_metric=fid"), run_dir=tmp_path / "bad2")

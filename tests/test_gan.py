@@ -153,6 +153,7 @@ def test_gan_image_sizes(size, channels):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_gan_covers_the_ring_of_eight(make_cfg, tmp_path):
     cfg = make_cfg(
         "trainer.max_steps=3000",
@@ -165,6 +166,10 @@ def test_gan_covers_the_ring_of_eight(make_cfg, tmp_path):
         "dataset.train_size=50000",
         "dataset.test_size=1000",
         "optim.lr=1e-3",
+        # Decaying the learning rate lets G settle on the modes: at a constant 1e-3 the samples
+        # keep circling between them (8 modes covered, but 12-43% within 3σ, depending on the
+        # CPU thread count); with cosine decay 71%.
+        "optim.schedule=cosine",
         "model.latent_dim=16",
         model="gan",
         dataset="gaussians",

@@ -61,3 +61,17 @@ def test_pip_install_then_train_elsewhere(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert list(work.glob("outputs/*/*/checkpoints/last.pt"))
+
+
+def test_every_subpackage_is_packaged():
+    """pyproject lists packages by hand (configs/ is mapped into aigc_cli.configs), so a new
+    subpackage left off that list would be missing from a plain `pip install .`."""
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {
+        ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "aigc_cli").rglob("__init__.py")
+    }
+    assert on_disk - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+    assert "aigc_cli.configs" in listed

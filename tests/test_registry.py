@@ -36,3 +36,28 @@ def test_registration_needs_a_config_dataclass():
     reg = Registry("widget")
     with pytest.raises(ValueError, match="needs a Config"):
         reg.register("b")(lambda cfg: None)
+
+
+def test_static_catalogue_matches_the_live_registries():
+    """`aigc list` reads the registration decorators without importing torch; it must list
+    exactly what importing the modules registers."""
+    from aigc_cli.registry import catalogue
+
+    static = catalogue()
+    for registry in (MODELS, DATASETS):
+        live = [(e.name, e.description) for e in registry.entries()]
+        assert static[registry.kind] == live
+
+
+def test_aigc_list_does_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from aigc_cli.cli import main\n"
+        "try:\n    main(['list'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'aigc list imported torch'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "classifier" in out.stdout and "image_folder" in out.stdout

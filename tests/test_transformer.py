@@ -12,7 +12,7 @@ from aigc_cli.data.text import (
     pydoc,
     text_file,
 )
-from aigc_cli.errors import DataError
+from aigc_cli.errors import ConfigError, DataError
 from aigc_cli.models.transformer import Transformer, filter_logits
 from aigc_cli.train import train
 
@@ -111,7 +111,7 @@ def test_sample_starts_with_prompt_and_is_reproducible():
     assert "".join(streamed) == c[0]
 
 
-def test_transformer_loss_falls_and_reports_bits(make_cfg, tmp_path):
+def test_transformer_loss_falls_and_reports_bits(make_cfg, tmp_path, run_main):
     path = tmp_path / "tiny.txt"
     path.write_text("the quick brown fox jumps over the lazy dog. " * 200)
     cfg = make_cfg(
@@ -139,8 +139,8 @@ def test_transformer_loss_falls_and_reports_bits(make_cfg, tmp_path):
     assert metrics["test/perplexity"] == pytest.approx(math.exp(metrics["test/loss"]))
     assert (tmp_path / "run" / "samples" / "step_000030.txt").is_file()
 
-    # `aigc sample` in a fresh process: streamed text that starts with the prompt, saved too
-    out = run_cli(
+    # `aigc sample`: streamed text that starts with the prompt, saved too
+    code, out, err = run_main(
         "sample",
         f"run={tmp_path / 'run'}",
         "prompt=the quick",
@@ -149,10 +149,72 @@ def test_transformer_loss_falls_and_reports_bits(make_cfg, tmp_path):
         "top_k=5",
         "top_p=0.95",
         "seed=1",
-        cwd=tmp_path,
     )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("the quick")
+    assert code == 0, err
+    assert out.startswith("the quick")
     saved = list((tmp_path / "run" / "samples").glob("2*.txt"))
     assert len(saved) == 1 and saved[0].read_text().startswith("the quick")
     assert len(saved[0].read_text().strip()) >= len("the quick") + 30
+
+
+@pytest.mark.slow  # a second interpreter that imports torch
+def test_sample_with_a_prompt_in_a_fresh_process(make_cfg, tmp_path):
+    """`aigc sample prompt=...` as a user runs it, on a run trained here for a few steps."""
+    cfg = make_cfg("trainer.max_steps=4", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
+                   "dataset.block_size=16", model="transformer", dataset="pydoc")  # fmt: skip
+    train(cfg, run_dir=tmp_path / "run")
+    out = run_cli("sample", f"run={tmp_path / 'run'}", "prompt=the quick", "max_new_tokens=20",
+                  "seed=1", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("the quick") and len(out.stdout.strip()) > len("the quick")
+    assert any(p.read_text().startswith("the quick") for p in (tmp_path / "run").glob("samples/2*"))
+
+
+def test_pixel_codec_round_trips_quantised_images():
+    from aigc_cli.models.pixels import PixelCodec
+
+    codec = PixelCodec([3, 8, 8], levels=4, downscale=1)
+    assert codec.vocab_size == 64 and codec.seq_len == 64
+    images = torch.randint(0, 4, (5, 3, 8, 8)).float() / 3  # already on the 4-level grid
+    tokens = codec.encode(images)
+    assert tokens.shape == (5, 64) and tokens.min() >= 0 and tokens.max() < 64
+    assert torch.equal(codec.decode(tokens), images)
+    # raster order: token i is pixel (i // 8, i % 8), its channels as base-4 digits
+    assert int(tokens[0, 9]) == sum(round(float(images[0, c, 1, 1]) * 3) * 4**c for c in range(3))
+    half = PixelCodec([1, 8, 8], levels=2, downscale=2)
+    assert half.seq_len == 16 and half.decode(half.encode(torch.ones(2, 1, 8, 8))).shape == (
+        2, 1, 8, 8,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"model\.downscale"):
+        PixelCodec([1, 28, 28], levels=2, downscale=3)
+
+
+def test_transformer_on_images_learns_and_samples_grids(make_cfg, tmp_path):
+    """ImageGPT-style: shapes at 8x8 (downscale 4), 4 levels per channel."""
+    cfg = make_cfg(
+        "model.n_layer=1",
+        "model.n_embd=32",
+        "model.n_head=2",
+        "model.downscale=4",
+        "trainer.max_steps=40",
+        "trainer.batch_size=16",
+        "trainer.log_every=5",
+        "trainer.eval_every=0",
+        "trainer.sample_every=40",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=0",
+        model="transformer",
+    )
+    metrics = train(cfg, run_dir=tmp_path / "run")
+    losses = [v for _, v in read_scalars(tmp_path / "run")["model/loss"]]
+    assert losses[-1] < 0.8 * losses[0]
+    assert metrics["test/bits_per_pixel"] == pytest.approx(metrics["test/loss"] / math.log(2))
+    assert (tmp_path / "run" / "samples" / "step_000040.png").is_file()
+
+    from aigc_cli.build import load_run
+
+    model, _ = load_run(tmp_path / "run" / "checkpoints" / "last.pt", torch.device("cpu"))
+    a = model.sample(3, generator=torch.Generator().manual_seed(1))
+    b = model.sample(3, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (3, 3, 32, 32) and torch.equal(a, b)
+    assert set(torch.unique(a * 3).round().tolist()) <= {0.0, 1.0, 2.0, 3.0}  # 4 levels

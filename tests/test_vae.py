@@ -123,6 +123,6 @@ def test_eval_reports_iwae_with_its_method(run_main, tmp_path):
     code, out, err = run_main("eval", "run=run", "iwae_k=8")
     assert code == 0, err
     assert "test/iwae_nll" in out
-    record = json.loads((tmp_path / "run" / "eval.json").read_text())
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())["eval"]["last"]
     assert record["test/iwae_nll"] <= record["test/nelbo"] + 5
     assert "k=8" in record["methods"]["test/iwae_nll"]

@@ -71,18 +71,23 @@ class DataModule:
         return {}
 
 
+def check_batch_size(batch_size: int, n: int) -> None:
+    """A batch must fit in the training split; said as a config error, before any step."""
+    if batch_size > n:
+        from aigc_cli.errors import ConfigError
+
+        raise ConfigError(
+            f"bad value for 'trainer.batch_size': {batch_size} is larger than the "
+            f"{n} training samples"
+        )
+
+
 class _EpochIterator(BatchIterator):
     """Shuffled epochs without replacement; drops the ragged last batch."""
 
     def __init__(self, data: TensorData, batch_size: int, seed: int) -> None:
         n = data.train[0].shape[0]
-        if batch_size > n:
-            from aigc_cli.errors import ConfigError
-
-            raise ConfigError(
-                f"bad value for 'trainer.batch_size': {batch_size} is larger than the "
-                f"{n} training samples"
-            )
+        check_batch_size(batch_size, n)
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.epoch, self.pos = 0, 0
         self.per_epoch = n // batch_size

@@ -156,14 +156,19 @@ def torchvision_dataset(cfg: TorchvisionConfig) -> TensorData:
     return TensorData(spec, splits[0], splits[1])
 
 
-def _register(name: str, doc: str) -> None:
-    def build(cfg: TorchvisionConfig) -> TensorData:
-        return torchvision_dataset(cfg)
-
-    build.__doc__ = doc
-    DATASETS.register(name, config=TorchvisionConfig)(build)
+@DATASETS.register("mnist", config=TorchvisionConfig)
+def mnist(cfg: TorchvisionConfig) -> TensorData:
+    """MNIST handwritten digits, 28x28 grey, 60k/10k (torchvision; in memory)"""
+    return torchvision_dataset(cfg)
 
 
-_register("mnist", "MNIST handwritten digits, 28x28 grey, 60k/10k (torchvision; in memory)")
-_register("fashion_mnist", "Fashion-MNIST clothing, 28x28 grey, 60k/10k (torchvision; in memory)")
-_register("cifar10", "CIFAR-10 objects, 32x32 colour, 50k/10k (torchvision; in memory)")
+@DATASETS.register("fashion_mnist", config=TorchvisionConfig)
+def fashion_mnist(cfg: TorchvisionConfig) -> TensorData:
+    """Fashion-MNIST clothing, 28x28 grey, 60k/10k (torchvision; in memory)"""
+    return torchvision_dataset(cfg)
+
+
+@DATASETS.register("cifar10", config=TorchvisionConfig)
+def cifar10(cfg: TorchvisionConfig) -> TensorData:
+    """CIFAR-10 objects, 32x32 colour, 50k/10k (torchvision; in memory)"""
+    return torchvision_dataset(cfg)

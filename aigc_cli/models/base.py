@@ -31,6 +31,8 @@ class GenerativeModel(nn.Module):
 
     #: DataSpec kinds the family can train on
     data_kinds: tuple[str, ...] = ("image",)
+    #: False for helper models (the classifier): the loop logs no samples for them
+    generates: bool = True
 
     def __init__(self, cfg: Any, data: DataSpec) -> None:
         super().__init__()

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 from torch.optim import Optimizer
 
+from aigc_cli import distributed
 from aigc_cli.config import OptimConfig, check
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.models.base import GenerativeModel, Stage
@@ -130,7 +131,7 @@ def gradient_penalty(
     """WGAN-GP: E[(||∇_x̂ D(x̂)||₂ − 1)²] at x̂ = ε·real + (1−ε)·fake, ε ~ U(0, 1) per sample.
     The norm is over all of a sample's dimensions (not per pixel, and not over the batch)."""
     if eps is None:
-        eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
+        eps = distributed.rand_like(real.new_empty(real.shape[0], *([1] * (real.dim() - 1))))
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
     out = disc(x_hat, y)
     (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
@@ -235,7 +236,7 @@ class GAN(GenerativeModel):
     def training_step(self, batch: Batch, step: int) -> Iterator[Stage]:
         real = self._to_model(batch[0])
         y = self._labels(batch)
-        z = torch.randn(real.shape[0], self.cfg.latent_dim, device=real.device)
+        z = distributed.randn_like(real.new_empty(real.shape[0], self.cfg.latent_dim))
         fake = self.generator(z, y)
         loss, scalars = self.d_loss(real, fake.detach(), y)
         yield Stage("disc", loss, {"loss": loss.detach(), **scalars})

@@ -1,6 +1,8 @@
 """Decoder-only Transformer (GPT-2 style, after nanoGPT): pre-LayerNorm blocks, causal
 self-attention through scaled_dot_product_attention, GELU MLP, tied input/output embeddings;
-sampling with a key/value cache, temperature, top-k and top-p."""
+sampling with a key/value cache, temperature, top-k and top-p. On text it models characters or
+bytes; on images, quantised pixels in raster order (ImageGPT-style, aigc_cli/models/pixels.py),
+so it also yields image grids."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.data.text import tokenizer_from_dict
 from aigc_cli.errors import DataError
 from aigc_cli.models.base import GenerativeModel, Stage
+from aigc_cli.models.pixels import PixelCodec
 from aigc_cli.optim import make_optimizer
 from aigc_cli.registry import MODELS
 
@@ -131,9 +134,10 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
 
 @MODELS.register("transformer")
 class Transformer(GenerativeModel):
-    """GPT-style decoder-only Transformer for text, with KV-cache sampling."""
+    """GPT-style decoder-only Transformer for text, or for images as pixel sequences, with
+    KV-cache sampling."""
 
-    data_kinds = ("text",)
+    data_kinds = ("text", "image")
 
     @dataclass
     class Config:
@@ -141,8 +145,10 @@ class Transformer(GenerativeModel):
         n_layer: int = 4  # transformer blocks
         n_head: int = 4  # attention heads per block
         n_embd: int = 128  # embedding width (divisible by n_head)
-        block_size: int = 0  # context length; 0 = dataset.block_size
+        block_size: int = 0  # context length; 0 = the dataset's (text windows, or pixels)
         dropout: float = 0.0  # dropout on embeddings, attention output and MLP
+        levels: int = 4  # images: values per channel (tokens = levels**channels)
+        downscale: int = 1  # images: average-pool by this first (sequence / downscale²)
 
     def __init__(self, cfg: Config, data: DataSpec) -> None:
         super().__init__(cfg, data)
@@ -153,14 +159,18 @@ class Transformer(GenerativeModel):
             f"{cfg.n_embd} must be divisible by model.n_head={cfg.n_head}",
         )
         check(0 <= cfg.dropout < 1, "model.dropout", "must be in [0, 1)")
-        block = cfg.block_size or data.shape[0]
-        check(
-            block >= data.shape[0],
-            "model.block_size",
-            f"{block} is shorter than the dataset's windows ({data.shape[0]})",
-        )
-        self.tokenizer = tokenizer_from_dict(data.tokenizer)
-        self.gpt = GPT(data.vocab_size, block, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout)
+        self.pixels: PixelCodec | None = None
+        if data.kind == "image":
+            self.pixels = PixelCodec(data.shape, cfg.levels, cfg.downscale)
+            self.tokenizer = None
+            vocab = self.pixels.vocab_size + 1  # the last id starts every image
+            needed, what = self.pixels.seq_len, "pixels per image"
+        else:
+            self.tokenizer = tokenizer_from_dict(data.tokenizer)
+            vocab, needed, what = data.vocab_size, data.shape[0], "dataset's windows"
+        block = cfg.block_size or needed
+        check(block >= needed, "model.block_size", f"{block} is shorter than the {what} ({needed})")
+        self.gpt = GPT(vocab, block, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout)
 
     def optimizers(self, optim: OptimConfig) -> dict[str, Optimizer]:
         """AdamW with weight decay on matrices only (embeddings included, as in nanoGPT), never
@@ -173,34 +183,55 @@ class Transformer(GenerativeModel):
         ]
         return {"model": make_optimizer(groups, optim)}
 
+    def _inputs_targets(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        if self.pixels is None:
+            return batch[0], batch[1]  # text windows and the same shifted by one
+        tokens = self.pixels.encode(batch[0])  # (B, T)
+        start = torch.full_like(tokens[:, :1], self.pixels.vocab_size)
+        return torch.cat([start, tokens[:, :-1]], dim=1), tokens
+
     def training_step(self, batch: Batch, step: int) -> Iterator[Stage]:
-        x, y = batch
+        x, y = self._inputs_targets(batch)
         logits = self.gpt(x)  # (B, T, vocab)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         yield Stage("model", loss, {"loss": loss.detach()})
 
     @torch.no_grad()
     def evaluate(self, batch: Batch, **options: Any) -> dict[str, Tensor]:
-        x, y = batch
+        x, y = self._inputs_targets(batch)
         logits = self.gpt(x).float()
         nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
         return {"loss": nll, "n": torch.tensor(float(y.numel()), device=y.device)}
 
+    def _unit(self) -> str:
+        if self.pixels is not None:
+            return "pixel"
+        return "char" if self.tokenizer.kind == "char" else "byte"
+
     def finalize_metrics(self, means: dict[str, float]) -> dict[str, float]:
         loss = means["loss"]
-        unit = "char" if self.tokenizer.kind == "char" else "byte"
         return {
             "loss": loss,
-            f"bits_per_{unit}": loss / math.log(2),
+            f"bits_per_{self._unit()}": loss / math.log(2),
             "perplexity": math.exp(min(loss, 50.0)),
         }
 
     def describe_metrics(self, options: dict[str, Any]) -> dict[str, str]:
-        unit = "char" if self.tokenizer.kind == "char" else "byte"
+        if self.pixels is None:
+            loss = (
+                "cross-entropy of the next token, nats per token, every position of "
+                "non-overlapping windows covering the whole validation split"
+            )
+        else:
+            p = self.pixels
+            loss = (
+                f"cross-entropy of each pixel given the pixels before it in raster order, nats "
+                f"per pixel, over the whole test split, at {p.height}x{p.width} with "
+                f"{p.levels} levels per channel (not comparable with bits/dim of 8-bit images)"
+            )
         return {
-            "loss": "cross-entropy of the next token, nats per token, every position of "
-            "non-overlapping windows covering the whole validation split",
-            f"bits_per_{unit}": "loss / ln 2",
+            "loss": loss,
+            f"bits_per_{self._unit()}": "loss / ln 2",
             "perplexity": "exp(loss)",
         }
 
@@ -217,35 +248,68 @@ class Transformer(GenerativeModel):
         top_p: float = 1.0,
         stream: Callable[[str], None] | None = None,
         **kw: Any,
-    ) -> list[str]:
-        """`n` continuations of `prompt` (each starts with it); `stream` receives the first
-        one's text as it is generated."""
-        device = self.device
-        start = self.tokenizer.encode(prompt) if prompt else [self._newline_id()]
-        ids = torch.tensor([start] * n, dtype=torch.long, device=device)  # (n, T0)
+    ) -> list[str] | Tensor:
+        """Text: `n` continuations of `prompt` (each starts with it); `stream` receives the first
+        one's text as it is generated. Images: `n` images (n, C, H, W) in [0, 1]."""
         if generator is None:
             generator = torch.Generator().manual_seed(torch.seed() % 2**62)
         # Draw on the model's device from a generator seeded by the caller's, so a seed gives
-        # the same text whatever the device's RNG did before.
-        dev_gen = torch.Generator(device).manual_seed(
+        # the same output whatever the device's RNG did before.
+        dev_gen = torch.Generator(self.device).manual_seed(
             int(torch.randint(0, 2**62, (1,), generator=generator))
         )
-        if stream and prompt:
-            stream(prompt)
+        filtering = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        if self.pixels is not None:
+            ids = torch.full((n, 1), self.pixels.vocab_size, device=self.device)
+            ids = self._generate(ids, self.pixels.seq_len, dev_gen, **filtering)
+            return self.pixels.decode(ids[:, 1:])
+
+        assert self.tokenizer is not None
+        tokenizer = self.tokenizer
+        start = tokenizer.encode(prompt) if prompt else [self._newline_id()]
+        ids = torch.tensor([start] * n, dtype=torch.long, device=self.device)  # (n, T0)
+        on_token = None
+        pending: list[int] = []
+        if stream:
+            if prompt:
+                stream(prompt)
+
+            def on_token(token: int) -> None:
+                pending.append(token)
+                text = tokenizer.decode(pending)
+                if "\ufffd" not in text or len(pending) > 4:  # wait for whole UTF-8 chars
+                    stream(text)
+                    pending.clear()
+
+        ids = self._generate(ids, max_new_tokens, dev_gen, on_token=on_token, **filtering)
+        if stream and pending:
+            stream(tokenizer.decode(pending))
+        skip = 0 if prompt else len(start)  # the newline we started from is not output
+        return [tokenizer.decode(row[skip:]) for row in ids.tolist()]
+
+    def _generate(
+        self,
+        ids: Tensor,
+        steps: int,
+        generator: torch.Generator,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        on_token: Callable[[int], None] | None = None,
+    ) -> Tensor:
+        """Append `steps` sampled tokens to `ids` (n, T0), one forward pass of one token each
+        through the KV cache; `on_token` sees row 0's tokens as they come."""
         block = self.gpt.block_size
         cache: KVCache = [{} for _ in self.gpt.blocks]
         logits = self.gpt(ids[:, -block:], cache)[:, -1]  # prefill: (n, vocab)
-        pending: list[int] = []
-        for _ in range(max_new_tokens):
+        for i in range(steps):
             probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
-            nxt = torch.multinomial(probs, 1, generator=dev_gen)  # (n, 1)
+            nxt = torch.multinomial(probs, 1, generator=generator)  # (n, 1)
             ids = torch.cat([ids, nxt], dim=1)
-            if stream:
-                pending.append(int(nxt[0, 0]))
-                text = self.tokenizer.decode(pending)
-                if "\ufffd" not in text or len(pending) > 4:  # wait for whole UTF-8 chars
-                    stream(text)
-                    pending = []
+            if on_token:
+                on_token(int(nxt[0, 0]))
+            if i == steps - 1:
+                break  # the last token needs no logits after it
             if cache[0]["k"].shape[2] >= block:
                 # Context full: positions are absolute, so re-encode the most recent 3/4 of a
                 # block afresh (one full pass every block/4 tokens instead of every token).
@@ -253,10 +317,7 @@ class Transformer(GenerativeModel):
                 logits = self.gpt(ids[:, -(3 * block // 4) :], cache)[:, -1]
             else:
                 logits = self.gpt(nxt, cache)[:, -1]
-        if stream and pending:
-            stream(self.tokenizer.decode(pending))
-        skip = 0 if prompt else len(start)  # the newline we started from is not output
-        return [self.tokenizer.decode(row[skip:]) for row in ids.tolist()]
+        return ids
 
     def _newline_id(self) -> int:
         try:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aigc_cli import distributed
 from aigc_cli.config import check
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.models.base import GenerativeModel, Stage
@@ -152,7 +153,7 @@ class VAE(GenerativeModel):
     def terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Per-image reconstruction NLL and KL(q(z|x) || N(0, I)), both in nats: (B,), (B,)."""
         mu, logvar = self.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        z = mu + torch.exp(0.5 * logvar) * distributed.randn_like(mu)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
         return -self.log_likelihood(x, self.decode(z)), kl.sum(1)
 

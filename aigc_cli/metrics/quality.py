@@ -1,0 +1,238 @@
+"""FID, KID, precision/recall and class coverage of an image model's samples against real test
+images, in the feature space of a network `aigc` trained (the default, offline) or of the
+standard FID Inception network when its weights file is given."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor
+
+from aigc_cli.config import check, validate
+from aigc_cli.data.base import DataModule, DataSpec
+from aigc_cli.errors import ConfigError
+from aigc_cli.metrics import stats
+
+# metric group (what a user names) → the keys it adds to the results
+GROUPS: dict[str, tuple[str, ...]] = {
+    "fid": ("fid",),
+    "kid": ("kid", "kid_std"),
+    "pr": ("precision", "recall"),
+    "coverage": ("class_coverage", "class_confidence"),
+}
+
+
+@dataclass
+class MetricsConfig:
+    names: list[str] = field(default_factory=list)  # any of: fid, kid, pr, coverage
+    every: int = 0  # training: steps between them; 0 = only at the end
+    num_samples: int = 2500  # generated images, compared with as many real test images
+    batch_size: int = 250  # images generated and embedded at a time
+    classifier: str | None = None  # run dir / checkpoint of model=classifier; null = newest match
+    inception_weights: str | None = None  # FID Inception .pth: fid/kid/pr use its features
+    pr_k: int = 3  # precision/recall: k of the k-NN radii (the paper uses 3)
+    kid_subsets: int = 100  # KID: random subsets averaged over
+    kid_subset_size: int = 1000  # KID: images per subset (capped by num_samples)
+
+
+def validate_metrics(node: Any) -> MetricsConfig:
+    m = validate("metrics", MetricsConfig, node)
+    unknown = [n for n in m.names if n not in GROUPS]
+    check(not unknown, "metrics.names", f"{unknown}; choose from: {', '.join(GROUPS)}")
+    check(m.every >= 0, "metrics.every", "must be >= 0 (0 = only at the end)")
+    check(m.num_samples >= 10, "metrics.num_samples", f"{m.num_samples} must be >= 10")
+    check(m.batch_size >= 1, "metrics.batch_size", "must be >= 1")
+    check(m.pr_k >= 1, "metrics.pr_k", "must be >= 1")
+    check(m.kid_subsets >= 1, "metrics.kid_subsets", "must be >= 1")
+    check(m.kid_subset_size >= 2, "metrics.kid_subset_size", "must be >= 2")
+    return m
+
+
+@dataclass
+class FeatureNet:
+    embed: Callable[[Tensor], Tensor]  # (B, C, H, W) in [0, 1] → (B, D)
+    description: str  # how the features were computed, for the metrics' notes
+
+
+def _run_dir(ckpt: Path) -> Path:
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def find_classifier(dataset_name: str, spec: DataSpec, root: Path = Path("outputs")) -> Path:
+    """The newest classifier run under `root` trained on `dataset_name` images of `spec`'s
+    shape. Runs are picked by their config.yaml, so only candidates' checkpoints are opened."""
+    from aigc_cli.build import find_runs
+    from aigc_cli.checkpoint import load_checkpoint
+
+    for run in reversed(find_runs(root)):
+        try:
+            cfg = OmegaConf.load(run / "config.yaml")
+            if cfg.model.name != "classifier" or cfg.dataset.name != dataset_name:
+                continue
+            ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+        except Exception:
+            continue  # another tool's folder, a broken run: not a candidate
+        if list(ckpt["dataset"]["spec"]["shape"]) == list(spec.shape):
+            return run / "checkpoints" / "last.pt"
+    shape = "x".join(map(str, spec.shape))
+    raise ConfigError(
+        f"no classifier run for dataset '{dataset_name}' ({shape} images) under "
+        f"{Path(root).resolve()}; fid/kid/pr/coverage are computed on its features",
+        hint=f"train one: aigc train model=classifier dataset={dataset_name} (with the same "
+        "dataset options), or pass classifier=<run dir> or inception_weights=<file>",
+    )
+
+
+def load_classifier(
+    where: str | Path | None, dataset_name: str, spec: DataSpec, device: torch.device
+) -> tuple[Any, str]:
+    """The classifier model, and a description of it for the metrics' notes."""
+    from aigc_cli.build import load_run, resolve_checkpoint
+
+    path = resolve_checkpoint(where) if where else find_classifier(dataset_name, spec)
+    model, ckpt = load_run(path, device, use_ema=True)
+    if ckpt["model"]["name"] != "classifier":
+        raise ConfigError(
+            f"{path} is a run of model '{ckpt['model']['name']}', not a classifier",
+            hint=f"pass the run dir of `aigc train model=classifier dataset={dataset_name}`",
+        )
+    if list(model.spec.shape) != list(spec.shape):
+        raise ConfigError(
+            f"the classifier {path} was trained on {model.spec.shape} images, "
+            f"these are {spec.shape}",
+            hint="train a classifier with the same dataset options",
+        )
+    accuracy = ""
+    metrics_file = _run_dir(path) / "metrics.json"
+    if metrics_file.is_file():
+        acc = json.loads(metrics_file.read_text()).get("test/accuracy")
+        accuracy = f", test accuracy {acc:.4f}" if isinstance(acc, float) else ""
+    return model, f"aigc classifier {path} (step {ckpt['step']}{accuracy})"
+
+
+class SampleQuality:
+    """Compares a model's samples with the first `num_samples` real test images. The real
+    features are computed once, so periodic evaluation during training only pays for the
+    generated side."""
+
+    def __init__(
+        self, cfg: MetricsConfig, names: list[str], data: DataModule, dataset_name: str,
+        device: torch.device,
+    ) -> None:  # fmt: skip
+        spec = data.spec
+        if spec.kind != "image":
+            raise ConfigError(
+                f"{', '.join(names)} compare images; this run's data is {spec.kind}",
+                hint="use metrics for image models only (nll applies to every model)",
+            )
+        if "coverage" in names and spec.num_classes < 2:
+            raise ConfigError(
+                "coverage needs a labelled dataset; this one has no classes",
+                hint="leave coverage out of the metrics",
+            )
+        self.cfg, self.names, self.data, self.device = cfg, names, data, device
+        self.classifier = None
+        # fid, kid and pr compare feature sets; coverage only needs the classifier's labels, so
+        # a coverage-only run embeds nothing.
+        need_features = any(n in names for n in ("fid", "kid", "pr"))
+        features = None
+        if "coverage" in names or (need_features and not cfg.inception_weights):
+            clf, about = load_classifier(cfg.classifier, dataset_name, spec, device)
+            self.classifier = clf
+            if need_features:
+                features = FeatureNet(clf.features, f"features of the {about}")
+        if need_features and cfg.inception_weights:
+            from aigc_cli.metrics.inception import load_inception
+
+            net = load_inception(cfg.inception_weights).to(device)
+            kind = (
+                "the standard FID Inception-v3 (pool3, 2048-d)"
+                if net.standard_fid
+                else ("an Inception-v3 that is not the standard FID network (pool3, 2048-d)")
+            )
+            features = FeatureNet(net, f"{kind} from {cfg.inception_weights}")
+        self.features = features
+        self._real: Tensor | None = None
+
+    def _embed(self, images: Tensor) -> Tensor:
+        assert self.features is not None
+        return self.features.embed(images.to(self.device).float()).double().cpu()
+
+    def real_features(self) -> Tensor:
+        if self._real is None:
+            parts, seen = [], 0
+            for batch in self.data.eval_iter(self.cfg.batch_size):
+                parts.append(self._embed(batch[0]))
+                seen += batch[0].shape[0]
+                if seen >= self.cfg.num_samples:
+                    break
+            self._real = torch.cat(parts)[: self.cfg.num_samples]
+        return self._real
+
+    @torch.no_grad()
+    def __call__(self, model: Any, seed: int = 0) -> dict[str, float]:
+        n = self.cfg.num_samples
+        if self.features is not None:
+            real = self.real_features()
+            n = real.shape[0]  # a test split smaller than num_samples caps both sides
+        g = torch.Generator().manual_seed(seed)
+        feats, probs = [], []
+        for start in range(0, n, self.cfg.batch_size):
+            images = model.sample(min(self.cfg.batch_size, n - start), generator=g)
+            images = images.to(self.device).float()
+            if self.features is not None:
+                feats.append(self._embed(images))
+            if self.classifier is not None and "coverage" in self.names:
+                probs.append(self.classifier.logits(images).softmax(1).cpu())
+        out: dict[str, float] = {}
+        if "fid" in self.names:
+            out["fid"] = stats.fid(real, torch.cat(feats))
+        if "kid" in self.names:
+            out["kid"], out["kid_std"] = stats.kid(
+                real,
+                torch.cat(feats),
+                subsets=self.cfg.kid_subsets,
+                subset_size=self.cfg.kid_subset_size,
+                seed=seed,
+            )
+        if "pr" in self.names:
+            out["precision"], out["recall"] = stats.precision_recall(
+                real, torch.cat(feats), k=self.cfg.pr_k
+            )
+        if "coverage" in self.names:
+            out["class_coverage"], out["class_confidence"] = stats.class_coverage(torch.cat(probs))
+        return out
+
+    def describe(self) -> dict[str, str]:
+        n = self.cfg.num_samples if self._real is None else self._real.shape[0]
+        subset = min(self.cfg.kid_subset_size, n)
+        feats = self.features.description if self.features else ""
+        caveat = (
+            "" if self.cfg.inception_weights else
+            "; compares runs scored with this same classifier, and is not Inception-FID"
+        )  # fmt: skip
+        notes = {
+            "fid": f"Fréchet distance (Heusel et al. 2017) between {n} generated and {n} real "
+            f"test images, on {feats}{caveat}",
+            "kid": f"KID (Bińkowski et al. 2018): unbiased MMD², cubic polynomial kernel, mean of "
+            f"{self.cfg.kid_subsets} subsets of {subset}, same features{caveat}",
+            "kid_std": "standard deviation of KID over its subsets",
+            "precision": f"improved precision (Kynkäänniemi et al. 2019), k={self.cfg.pr_k}: share "
+            f"of generated images inside the real images' k-NN balls, same features",
+            "recall": "improved recall: share of real images inside the generated images' k-NN "
+            "balls, same features",
+        }
+        if self.classifier is not None:
+            notes["class_coverage"] = (
+                f"share of the {self.data.spec.num_classes} classes the classifier assigns to at "
+                f"least one of {n} generated images"
+            )
+            notes["class_confidence"] = "mean top-class probability on the generated images"
+        keys = {k for g in self.names for k in GROUPS[g]}
+        return {k: v for k, v in notes.items() if k in keys}

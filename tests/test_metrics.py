@@ -1,0 +1,301 @@
+"""FID, KID, precision/recall and class coverage: the formulas against direct computations, and
+the whole path through a classifier run, training and `aigc eval`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aigc_cli.data.base import DataSpec
+from aigc_cli.errors import CheckpointError, ConfigError
+from aigc_cli.metrics import stats
+
+from .conftest import event_tags, tiny_overrides
+
+
+def numpy_fid(a: np.ndarray, b: np.ndarray) -> float:
+    """FID the textbook way: tr sqrt(S1 S2) from the eigenvalues of the (non-symmetric) product,
+    which are real and non-negative for two covariance matrices."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    eig = np.linalg.eigvals(s1 @ s2)
+    tr_sqrt = np.sqrt(np.clip(eig.real, 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 16, generator=g)
+    assert stats.fid(x, x) == pytest.approx(0.0, abs=1e-8)
+    assert stats.fid(x, x + 0.5) == pytest.approx(16 * 0.25, rel=1e-6)  # mean term only
+    assert stats.fid(x, x * 2) > 1.0
+
+
+def test_fid_matches_numpy():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(300, 8)) @ rng.normal(size=(8, 8))
+    b = rng.normal(size=(200, 8)) * 1.5 + 0.3
+    ours = stats.fid(torch.from_numpy(a), torch.from_numpy(b))
+    assert ours == pytest.approx(numpy_fid(a, b), rel=1e-6)
+
+
+def test_fid_with_a_singular_covariance():
+    # fewer samples than dimensions: the covariances are singular, the distance stays finite
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(10, 32, generator=g), torch.randn(10, 32, generator=g)
+    value = stats.fid(a, b)
+    assert np.isfinite(value) and value > 0
+    assert value == pytest.approx(numpy_fid(a.numpy(), b.numpy()), rel=1e-4)
+
+
+def test_polynomial_mmd_equals_a_hand_computation():
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    y = torch.tensor([[0.5, 0.5], [2.0, -1.0], [0.0, 1.0], [-1.0, 3.0]])
+
+    def k(a, b):
+        return (sum(ai * bi for ai, bi in zip(a, b, strict=True)) / 2 + 1) ** 3
+
+    xs, ys = x.tolist(), y.tolist()
+    kxx = sum(k(xs[i], xs[j]) for i in range(3) for j in range(3) if i != j) / 6
+    kyy = sum(k(ys[i], ys[j]) for i in range(4) for j in range(4) if i != j) / 12
+    kxy = sum(k(a, b) for a in xs for b in ys) / 12
+    assert stats.polynomial_mmd2(x, y) == pytest.approx(kxx + kyy - 2 * kxy, rel=1e-12)
+    # KID compares equal-sized subsets: one subset of all of two 3-row sets is their MMD
+    mean, std = stats.kid(x, y[:3], subsets=1, subset_size=10)
+    assert mean == pytest.approx(stats.polynomial_mmd2(x, y[:3]), rel=1e-12) and std == 0.0
+
+
+def test_kid_near_zero_for_one_distribution_and_positive_for_two():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(400, 8, generator=g), torch.randn(400, 8, generator=g)
+    same, _ = stats.kid(a, b, subsets=20, subset_size=200)
+    other, _ = stats.kid(a, b + 1.0, subsets=20, subset_size=200)
+    assert abs(same) < 0.02 < other
+
+
+def test_precision_recall():
+    g = torch.Generator().manual_seed(4)
+    real = torch.randn(200, 4, generator=g)
+    assert stats.precision_recall(real, real.clone()) == (1.0, 1.0)
+    assert stats.precision_recall(real, real + 100.0) == (0.0, 0.0)
+    # generated samples collapsed onto a tenth of the real ones: precise, little recall
+    collapsed = real[:20].repeat(10, 1)
+    precision, recall = stats.precision_recall(real, collapsed, k=3, chunk=7)
+    assert precision == 1.0 and recall < 0.3
+
+
+def test_precision_recall_by_hand():
+    real = torch.tensor([[0.0], [1.0], [2.0], [10.0]])  # k=1 radii: 1, 1, 1, 8
+    fake = torch.tensor([[0.5], [5.0], [30.0], [31.0]])  # radii: 4.5, 4.5, 1, 1
+    precision, recall = stats.precision_recall(real, fake, k=1)
+    assert precision == 0.5  # 0.5 (near 0, 1) and 5.0 (inside 10's radius 8); not 30, 31
+    assert recall == 0.75  # 0, 1, 2 lie within 4.5 of 0.5; 10 lies 5 from 5.0 > 4.5
+
+
+def test_class_coverage():
+    probs = torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.2, 0.7, 0.1, 0.0], [0.6, 0.3, 0.1, 0.0]])
+    coverage, confidence = stats.class_coverage(probs)
+    assert coverage == 0.5 and confidence == pytest.approx((0.9 + 0.7 + 0.6) / 3)
+
+
+def test_classifier_learns_shapes_and_does_not_sample(make_cfg):
+    from aigc_cli.build import build_data, build_model
+    from aigc_cli.config import OptimConfig
+
+    cfg = make_cfg(model="classifier")
+    data = build_data(cfg.dataset)
+    model = build_model({"name": "classifier", "base_channels": 8, "max_channels": 16}, data.spec)
+    opt = model.optimizers(OptimConfig(lr=3e-3))["model"]
+    batches = data.train_iter(32, 0)
+    losses = []
+    for step in range(30):
+        stage = next(model.training_step(next(batches), step))
+        opt.zero_grad()
+        stage.loss.backward()
+        opt.step()
+        losses.append(stage.loss.item())
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    model.eval()
+    assert model.features(torch.rand(5, 3, 32, 32)).shape == (5, 128)
+    with pytest.raises(ConfigError, match="does not generate"):
+        model.sample(4)
+    with pytest.raises(ConfigError, match="labelled dataset"):
+        build_model({"name": "classifier"}, DataSpec("image", [3, 32, 32]))
+
+
+def test_fid_kid_pr_in_training_and_eval(run_main, tmp_path):
+    """A classifier run is found by dataset; training reports the sample metrics at the end,
+    `aigc eval` adds them to metrics.json and TensorBoard's hparams."""
+    code, _, err = run_main("train", *tiny_overrides("classifier"), "hydra.run.dir=outputs/clf")
+    assert code == 0, err
+    assert not (tmp_path / "outputs" / "clf" / "samples").exists()  # nothing to sample
+    sample_metrics = [
+        "metrics.names=[fid,kid,pr,coverage]",
+        "metrics.num_samples=40",
+        "metrics.batch_size=16",
+        "metrics.kid_subset_size=20",
+        "metrics.every=3",
+    ]
+    code, _, err = run_main("train", *tiny_overrides("vae"), *sample_metrics,
+                            "trainer.best_metric=fid", "hydra.run.dir=outputs/vae")  # fmt: skip
+    assert code == 0, err
+    record = json.loads((tmp_path / "outputs" / "vae" / "metrics.json").read_text())
+    for key in ("fid", "kid", "kid_std", "precision", "recall", "class_coverage"):
+        assert np.isfinite(record[f"test/{key}"]), key
+    assert record["test/fid"] > 0 and 0 <= record["test/precision"] <= 1
+    assert "not Inception-FID" in record["methods"]["test/fid"]
+    assert "outputs/clf" in record["methods"]["test/fid"]
+    assert (tmp_path / "outputs" / "vae" / "checkpoints" / "best.pt").is_file()
+    assert "test/fid" in event_tags(tmp_path / "outputs" / "vae")["scalars"]
+
+    code, out, err = run_main("eval", "run=outputs/vae", "metrics=[nll,fid,kid]",
+                              "num_samples=40", "kid_subset_size=20", "batch_size=16")  # fmt: skip
+    assert code == 0, err
+    assert "not Inception-FID" in out
+    evaluated = json.loads((tmp_path / "outputs" / "vae" / "metrics.json").read_text())
+    assert evaluated["test/fid"] == record["test/fid"]  # training's own figures stay
+    last = evaluated["eval"]["last"]
+    assert {"test/nelbo", "test/fid", "test/kid"} <= set(last) and "test/recall" not in last
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "outputs" / "vae" / "tb" / "eval"))
+    acc.Reload()
+    assert "hparam/eval/fid" in acc.Tags()["scalars"]
+    assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+
+    # the classifier itself has no samples to judge
+    code, _, err = run_main("eval", "run=outputs/clf", "metrics=[fid]")
+    assert code != 0 and "generates none" in err
+
+
+def test_missing_classifier_is_one_clear_error(run_main, tmp_path):
+    code, _, err = run_main("train", *tiny_overrides("vae"), "metrics.names=[fid]")
+    assert code != 0 and "Traceback" not in err
+    assert "no classifier run for dataset 'shapes'" in err
+    assert "aigc train model=classifier dataset=shapes" in err
+    code, _, err = run_main("train", *tiny_overrides("vae"), "metrics.names=[fdi]")
+    assert code != 0 and "metrics.names" in err and "choose from: fid, kid, pr, coverage" in err
+    code, _, err = run_main("train", *tiny_overrides("vae"), "trainer.best_metric=kid")
+    assert code != 0 and "metrics.names=[kid]" in err
+
+
+def _random_inception_state(num_classes: int) -> dict[str, torch.Tensor]:
+    from torchvision.models.inception import Inception3
+
+    torch.manual_seed(0)
+    net = Inception3(num_classes=num_classes, aux_logits=False, init_weights=True)
+    for m in net.modules():  # non-trivial running statistics, as in trained weights
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return net.state_dict()
+
+
+def test_inception_weights_file_loads_with_the_fid_pooling(tmp_path):
+    from torchvision.models.inception import Inception3
+
+    from aigc_cli.metrics.inception import load_inception
+
+    state = _random_inception_state(1008)
+    path = tmp_path / "pt_inception.pth"
+    torch.save(state, path)
+    net = load_inception(path)
+    assert net.standard_fid
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        feats = net(x)
+        assert feats.shape == (2, 2048) and torch.isfinite(feats).all()
+        # the same weights in torchvision's own network pool differently: other features
+        plain = Inception3(num_classes=1008, aux_logits=False, init_weights=False).eval()
+        plain.load_state_dict(state)
+        plain.fc = torch.nn.Identity()
+        plain.dropout = torch.nn.Identity()
+        x3 = F.interpolate(x.expand(-1, 3, -1, -1), size=(299, 299), mode="bilinear")
+        x3 = x3 * 2 - 1
+        assert not torch.allclose(plain(x3), feats, atol=1e-4)
+
+    torch.save(_random_inception_state(1000), tmp_path / "imagenet.pth")
+    assert not load_inception(tmp_path / "imagenet.pth").standard_fid
+    (tmp_path / "junk.pth").write_bytes(b"not weights")
+    with pytest.raises(CheckpointError, match="not a readable weights file"):
+        load_inception(tmp_path / "junk.pth")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_inception(tmp_path / "absent.pth")
+
+
+class _StandIn:
+    """A 'model' whose samples are chosen images: real ones, degraded ones, noise."""
+
+    generates = True
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images, self.pos = images, 0
+
+    def sample(self, n: int, generator=None) -> torch.Tensor:
+        out = self.images[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+
+def test_sample_metrics_rank_real_above_degraded_above_noise(make_cfg, monkeypatch):
+    """In the classifier's feature space, unseen real images score best, blurred ones worse,
+    noise worst, on every metric: what lets `aigc eval` rank runs."""
+    from aigc_cli.build import build_data, build_model
+    from aigc_cli.config import OptimConfig
+    from aigc_cli.metrics import quality
+    from aigc_cli.metrics.quality import MetricsConfig, SampleQuality
+
+    torch.manual_seed(0)
+    data = build_data(make_cfg("dataset.train_size=1200", "dataset.test_size=300").dataset)
+    clf = build_model({"name": "classifier", "base_channels": 8, "max_channels": 16}, data.spec)
+    opt = clf.optimizers(OptimConfig(lr=3e-3))["model"]
+    batches = data.train_iter(32, 0)
+    for step in range(100):
+        stage = next(clf.training_step(next(batches), step))
+        opt.zero_grad()
+        stage.loss.backward()
+        opt.step()
+    clf.eval()
+    monkeypatch.setattr(quality, "load_classifier", lambda *a: (clf, "test classifier"))
+    cfg = MetricsConfig(num_samples=300, batch_size=100, kid_subset_size=100, kid_subsets=20)
+    q = SampleQuality(cfg, ["fid", "kid", "pr", "coverage"], data, "shapes", torch.device("cpu"))
+    unseen = data.train[0][-300:].float() / 255  # real images, not the test split's
+    blurred = F.avg_pool2d(unseen, 5, stride=1, padding=2)
+    noise = torch.rand_like(unseen)
+    scores = [q(_StandIn(images)) for images in (unseen, blurred, noise)]
+    for key in ("fid", "kid"):
+        assert scores[0][key] < scores[1][key] < scores[2][key], key
+    assert scores[0]["precision"] > scores[2]["precision"]
+    assert scores[0]["recall"] > scores[2]["recall"]
+    # coverage depends on how well this briefly trained classifier separates the classes; its
+    # formula is checked in test_class_coverage
+    assert 0 < scores[0]["class_coverage"] <= 1
+
+    # coverage alone needs the classifier's labels, not features: nothing is embedded
+    only = SampleQuality(cfg, ["coverage"], data, "shapes", torch.device("cpu"))
+    assert only.features is None
+    covered = only(_StandIn(unseen))
+    assert set(covered) == {"class_coverage", "class_confidence"}
+    assert covered["class_coverage"] == scores[0]["class_coverage"]
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_eval_ranks_a_trained_run_above_a_barely_trained_one(run_main, tmp_path):
+    """More training scores better on NLL, through `aigc eval`."""
+    sizes = ["dataset.train_size=1000", "dataset.test_size=300", "trainer.batch_size=32",
+             "trainer.eval_every=0", "trainer.sample_every=0", "trainer.ckpt_every=0"]  # fmt: skip
+    scores = {}
+    for name, steps in (("barely", 1), ("well", 200)):
+        run = f"outputs/{name}"
+        code, _, err = run_main("train", *tiny_overrides("vae"), *sizes, "optim.lr=2e-3",
+                                f"trainer.max_steps={steps}", f"hydra.run.dir={run}")  # fmt: skip
+        assert code == 0, err
+        code, _, err = run_main("eval", f"run={run}", "metrics=[nll]")
+        assert code == 0, err
+        scores[name] = json.loads((tmp_path / run / "metrics.json").read_text())["eval"]["last"]
+    assert scores["well"]["test/nelbo"] < scores["barely"]["test/nelbo"]
