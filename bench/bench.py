@@ -46,6 +46,17 @@ def compose_cfg(overrides: list[str]) -> DictConfig:
         return compose("train", overrides=["trainer.device=cpu", *overrides])
 
 
+def cpu_name() -> str:
+    """The CPU model, so a results file says what it was measured on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -139,8 +150,10 @@ def compare(name: str, overrides: list[str], steps: int, warmup: int, rounds: in
         order: list[tuple[list[float], Callable]] = [(tool, tool_rate), (bare, bare_rate)]
         for results, fn in order if r % 2 == 0 else order[::-1]:
             results.append(fn(compose_cfg(overrides), steps, warmup))
+    batch_size = int(compose_cfg(overrides).trainer.batch_size)
     entry = {
         "overrides": overrides,
+        "batch_size": batch_size,
         "steps_timed": steps - warmup,
         "rounds": rounds,
         "tool_samples_per_s": statistics.median(tool),
@@ -149,6 +162,9 @@ def compare(name: str, overrides: list[str], steps: int, warmup: int, rounds: in
         "bare_runs": bare,
     }
     entry["ratio"] = entry["tool_samples_per_s"] / entry["bare_samples_per_s"]
+    # ms per optimizer step: how nanoGPT and most training logs report speed
+    entry["tool_ms_per_step"] = 1000 * batch_size / entry["tool_samples_per_s"]
+    entry["bare_ms_per_step"] = 1000 * batch_size / entry["bare_samples_per_s"]
     entry["peak_rss_mb"] = peak_rss_mb()
     print(
         f"{name:24s} tool {entry['tool_samples_per_s']:9.1f}/s  bare "
@@ -290,16 +306,22 @@ def reference_mlp_vae(data_root: Path, epochs: int) -> dict:
 
 
 def write_markdown(path: Path, results: dict) -> None:
+    rounds = next(iter(results["cases"].values()), {}).get("rounds", 0)
     lines = [
-        f"# bench: {results['host']} ({results['threads']} threads), {results['date']}",
+        f"# bench: {results['host']}, {results['date']}",
         "",
-        "| case | aigc samples/s | bare loop samples/s | ratio | peak RSS MB |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        f"{results['cpu']}, {results['cpus']} CPUs, {results['threads']} torch threads, "
+        f"torch {results['torch']}. Each rate is the median of {rounds} alternating rounds.",
+        "",
+        "| case | batch | aigc samples/s | bare loop samples/s | ratio | aigc ms/step | "
+        "bare ms/step | peak RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, e in results["cases"].items():
         lines.append(
-            f"| {name} | {e['tool_samples_per_s']:.1f} | {e['bare_samples_per_s']:.1f} | "
-            f"{e['ratio']:.3f} | {e['peak_rss_mb']:.0f} |"
+            f"| {name} | {e['batch_size']} | {e['tool_samples_per_s']:.1f} | "
+            f"{e['bare_samples_per_s']:.1f} | {e['ratio']:.3f} | {e['tool_ms_per_step']:.1f} | "
+            f"{e['bare_ms_per_step']:.1f} | {e['peak_rss_mb']:.0f} |"
         )
     lines += ["", "| start-up | seconds |", "| --- | ---: |"]
     for k, v in results.get("startup", {}).items():
@@ -354,6 +376,8 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {
         "host": platform.node(),
         "date": time.strftime("%Y-%m-%d"),
+        "cpu": cpu_name(),
+        "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "quick": args.quick,
