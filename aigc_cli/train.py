@@ -12,6 +12,7 @@ import re
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -45,6 +46,13 @@ from aigc_cli.optim import make_scheduler
 from aigc_cli.plots import scatter_image
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
+
+# Every schedule is a function of the loop's step, so each scheduler steps once per loop step even
+# when its optimizer did not (a GAN's G with n_critic > 1 skips its first steps). PyTorch warns
+# about exactly that order; here it is intended.
+warnings.filterwarnings(
+    "ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before", category=UserWarning
+)
 
 
 class TrainingInterrupted(AigcError):
