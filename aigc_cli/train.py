@@ -135,11 +135,13 @@ def apply_stage(
     scaler: torch.amp.GradScaler,
     grad_clip: float,
     world: distributed.World | None = None,
-) -> torch.Tensor:
+    want_norm: bool = True,
+) -> torch.Tensor | None:
     """backward → (average over ranks) → unscale → clip → step for one stage; returns the
-    gradient norm (a tensor, so reading it costs no sync). Only `optimizers[stage.opt_name]`
-    steps: a GAN's generator stage leaves the discriminator's weights alone even though
-    gradients reach them."""
+    gradient norm (a tensor, so reading it costs no sync), or None when there is no clipping
+    and `want_norm` is false: the norm is a full pass over the gradients, so the loop asks for
+    it only on steps it logs. Only `optimizers[stage.opt_name]` steps: a GAN's generator stage
+    leaves the discriminator's weights alone even though gradients reach them."""
     opt = optimizers[stage.opt_name]
     opt.zero_grad(set_to_none=True)
     scaler.scale(stage.loss).backward()
@@ -148,11 +150,23 @@ def apply_stage(
         # Before clipping, so the clip sees the global batch's gradient.
         distributed.average_gradients(params, world)
     scaler.unscale_(opt)
-    norm = torch.nn.utils.clip_grad_norm_(
-        params, grad_clip if grad_clip > 0 else math.inf, foreach=True
-    )
+    norm = None
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+    elif want_norm:
+        norm = total_norm([p.grad for p in params if p.grad is not None])
     scaler.step(opt)
     return norm
+
+
+def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of `grads` without touching them (clip_grad_norm_ with an infinite
+    limit would also rescale every gradient by 1)."""
+    if not grads:
+        return torch.zeros(())
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+        return torch.nn.utils.get_total_norm(grads, foreach=True)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 def default_run_dir() -> Path:
@@ -308,6 +322,8 @@ def _train(
 
     sums: dict[str, torch.Tensor] = {}
     counted = 0
+    norm_sums: dict[str, torch.Tensor] = {}  # gradient norms, taken only on logged steps
+    norm_counts: dict[str, int] = {}
     skipped = 0
     speed = Throughput()
     first_test = next(data.eval_iter(t.batch_size, 1))
@@ -317,8 +333,10 @@ def _train(
         nonlocal counted, sums
         if not counted:
             return
-        stacked = distributed.mean_tensor(torch.stack(list(sums.values())).div(counted), world)
-        values = dict(zip(sums, stacked.tolist(), strict=True))
+        means = [v / counted for v in sums.values()]
+        means += [v / norm_counts[k] for k, v in norm_sums.items()]
+        stacked = distributed.mean_tensor(torch.stack(means), world)
+        values = dict(zip([*sums, *norm_sums], stacked.tolist(), strict=True))
         # Gradient norms are left out: with fp16 an inf norm is the GradScaler skipping a step.
         bad = {
             k: v for k, v in values.items() if not math.isfinite(v) and not k.endswith("grad_norm")
@@ -339,6 +357,12 @@ def _train(
         loss = next((v for k, v in values.items() if k.endswith("/loss")), float("nan"))
         log.advance(step, loss=f"{loss:.4g}", rate=f"{rate:.0f}")
         sums, counted = {}, 0
+        norm_sums.clear()
+        norm_counts.clear()
+
+    def logs(at: int) -> bool:
+        """Whether the loop flushes its scalars after step `at`."""
+        return any(_every(at, e) for e in (t.log_every, t.eval_every, t.sample_every, t.ckpt_every))
 
     def eager() -> contextlib.AbstractContextManager:
         """Evaluation and sampling run uncompiled: their shapes and grad mode differ from the
@@ -421,12 +445,16 @@ def _train(
                     if t.on_nonfinite == "skip" and not bool(torch.isfinite(stage.loss)):
                         skip = True  # abandon the whole step: no half-updated GAN
                         break
-                    norm = apply_stage(stage, optimizers, scaler, t.grad_clip, world)
+                    norm = apply_stage(
+                        stage, optimizers, scaler, t.grad_clip, world, want_norm=logs(step + 1)
+                    )
                     for k, v in stage.scalars.items():
                         key = f"{stage.opt_name}/{k}"
                         sums[key] = sums[key] + v.float() if key in sums else v.float()
-                    key = f"{stage.opt_name}/grad_norm"
-                    sums[key] = sums[key] + norm.float() if key in sums else norm.float()
+                    if norm is not None:  # every step when clipping, else on logged steps
+                        key = f"{stage.opt_name}/grad_norm"
+                        norm_sums[key] = norm_sums.get(key, 0) + norm.float()
+                        norm_counts[key] = norm_counts.get(key, 0) + 1
                 scaler.update()
                 if skip:
                     skipped += 1
@@ -443,10 +471,7 @@ def _train(
                 if world.parallel:  # every rank stops after the same step
                     stop.signum = distributed.any_rank(stop.signum, world)
 
-                periodic = any(
-                    _every(step, e) for e in (t.eval_every, t.sample_every, t.ckpt_every)
-                )
-                if _every(step, t.log_every) or periodic or stop.signum:
+                if logs(step) or stop.signum:
                     flush_logs()
                 else:
                     log.advance(step)

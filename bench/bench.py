@@ -346,11 +346,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="*", default=[], help="case names to run")
     args = p.parse_args(argv)
 
-    steps, warmup, rounds = (4, 1, 1) if args.quick else (120, 20, 3)
+    # Timed steps per family: about 10-20 s of training per run on a 2-core CPU, so the whole
+    # bench stays under 10 minutes there; GAN steps cost about 2.5x a VAE step.
+    family_steps = {"vae": 60, "gan": 30, "transformer": 150}
+    warmup, rounds = (1, 1) if args.quick else (10, 2)
     small = ["trainer.num_samples=8", "trainer.eval_samples=100"]
     cases: dict[str, list[str]] = {
-        "vae_shapes": ["model=vae", *small],
-        "gan_shapes": ["model=gan", *small],
+        "vae_shapes": ["model=vae", *small, "dataset.test_size=500"],
+        "gan_shapes": ["model=gan", *small, "dataset.test_size=500"],
         "transformer_pydoc": ["model=transformer", *small],
     }
     if args.quick:
@@ -393,6 +396,8 @@ def main(argv: list[str] | None = None) -> None:
         write_markdown(stem.with_suffix(".md"), results)
 
     for name, overrides in cases.items():
+        family = "vae" if "vae" in name else "gan" if "gan" in name else "transformer"
+        steps = 4 if args.quick else warmup + family_steps[family]
         results["cases"][name] = compare(name, overrides, steps, warmup, rounds)
         save()
     if not args.only:

@@ -30,3 +30,17 @@ def test_resumed_run_matches_uninterrupted(make_cfg, tmp_path):
     curve_a, curve_b = read_scalars(full)["model/loss"], read_scalars(part)["model/loss"]
     assert [s for s, _ in curve_b] == [1, 2, 3, 4, 5, 6]
     assert [v for _, v in curve_a] == [v for _, v in curve_b]
+
+
+def test_total_norm_matches_clip_grad_norm_and_leaves_grads_alone():
+    from aigc_cli.train import total_norm
+
+    torch.manual_seed(0)
+    grads = [torch.randn(3, 4), torch.randn(5)]
+    before = [g.clone() for g in grads]
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    expected = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+    assert torch.allclose(total_norm(grads), expected)
+    assert all(torch.equal(a, b) for a, b in zip(grads, before, strict=True))
