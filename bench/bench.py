@@ -213,6 +213,26 @@ def seconds_to_first_step() -> float:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+BARE_FIRST_STEP = """
+import time, torch
+m = torch.nn.Linear(2, 2)
+opt = torch.optim.Adam(m.parameters())
+m(torch.randn(4, 2)).sum().backward()
+opt.step()
+print(time.time())
+"""
+
+
+def seconds_to_bare_first_step() -> float:
+    """The floor under `aigc train`'s start-up: a fresh interpreter that imports torch and takes
+    one Adam step on a 2x2 layer (the first optimizer also imports torch._dynamo)."""
+    t0 = time.time()
+    out = subprocess.run(
+        [sys.executable, "-c", BARE_FIRST_STEP], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip()) - t0
+
+
 def reference_mlp_vae(data_root: Path, epochs: int) -> dict:
     """pytorch/examples' vae/main.py on CPU (batch 128, Adam 1e-3, ToTensor per sample through a
     DataLoader, 784-400-20 MLP, BCE + KL) against the same model through aigc; images/s over
@@ -406,7 +426,12 @@ def main(argv: list[str] | None = None) -> None:
             "aigc list": cli_seconds("list", repeats=1 if args.quick else 3),
         }
         if not args.quick:
-            results["startup"]["aigc train: start to first step"] = seconds_to_first_step()
+            results["startup"]["aigc train: start to first step"] = statistics.median(
+                seconds_to_first_step() for _ in range(3)
+            )
+            results["startup"]["bare PyTorch: start to first Adam step"] = statistics.median(
+                seconds_to_bare_first_step() for _ in range(3)
+            )
         for k, v in results["startup"].items():
             print(f"{k:36s} {v:6.2f} s", flush=True)
         save()
