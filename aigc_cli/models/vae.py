@@ -106,8 +106,8 @@ class VAE(GenerativeModel):
         latent_dim: int = 32  # size of z
         arch: str = "conv"  # conv | mlp (one hidden layer each way, as in the VAE paper)
         hidden: int = 400  # mlp: width of the hidden layer
-        base_channels: int = 32  # channels after the stem; doubled at each stride-2 level
-        max_channels: int = 256  # cap on the doubling
+        base_channels: int = 16  # channels after the stem; doubled at each stride-2 level
+        max_channels: int = 128  # cap on the doubling
         beta: float = 1.0  # weight of the KL term in the training loss (eval always uses 1)
         likelihood: str = "gaussian"  # gaussian (fixed sigma) | bernoulli (binary data)
         # std of the Gaussian decoder in [0, 1] pixel units; smaller = sharper reconstructions
