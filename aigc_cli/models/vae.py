@@ -103,7 +103,7 @@ class VAE(GenerativeModel):
     @dataclass
     class Config:
         name: str = "vae"
-        latent_dim: int = 32  # size of z
+        latent_dim: int = 8  # size of z
         arch: str = "conv"  # conv | mlp (one hidden layer each way, as in the VAE paper)
         hidden: int = 400  # mlp: width of the hidden layer
         base_channels: int = 16  # channels after the stem; doubled at each stride-2 level
