@@ -322,8 +322,8 @@ def _train(
 
     sums: dict[str, torch.Tensor] = {}
     counted = 0
-    norm_sums: dict[str, torch.Tensor] = {}  # gradient norms, taken only on logged steps
-    norm_counts: dict[str, int] = {}
+    # gradient norms: every step when clipping, else only on the steps that are logged
+    norms: dict[str, list[torch.Tensor]] = {}
     skipped = 0
     speed = Throughput()
     first_test = next(data.eval_iter(t.batch_size, 1))
@@ -333,10 +333,11 @@ def _train(
         nonlocal counted, sums
         if not counted:
             return
-        means = [v / counted for v in sums.values()]
-        means += [v / norm_counts[k] for k, v in norm_sums.items()]
+        means = [v / counted for v in sums.values()] + [
+            torch.stack(v).mean() for v in norms.values()
+        ]
         stacked = distributed.mean_tensor(torch.stack(means), world)
-        values = dict(zip([*sums, *norm_sums], stacked.tolist(), strict=True))
+        values = dict(zip([*sums, *norms], stacked.tolist(), strict=True))
         # Gradient norms are left out: with fp16 an inf norm is the GradScaler skipping a step.
         bad = {
             k: v for k, v in values.items() if not math.isfinite(v) and not k.endswith("grad_norm")
@@ -357,8 +358,7 @@ def _train(
         loss = next((v for k, v in values.items() if k.endswith("/loss")), float("nan"))
         log.advance(step, loss=f"{loss:.4g}", rate=f"{rate:.0f}")
         sums, counted = {}, 0
-        norm_sums.clear()
-        norm_counts.clear()
+        norms.clear()
 
     def logs(at: int) -> bool:
         """Whether the loop flushes its scalars after step `at`."""
@@ -451,10 +451,8 @@ def _train(
                     for k, v in stage.scalars.items():
                         key = f"{stage.opt_name}/{k}"
                         sums[key] = sums[key] + v.float() if key in sums else v.float()
-                    if norm is not None:  # every step when clipping, else on logged steps
-                        key = f"{stage.opt_name}/grad_norm"
-                        norm_sums[key] = norm_sums.get(key, 0) + norm.float()
-                        norm_counts[key] = norm_counts.get(key, 0) + 1
+                    if norm is not None:
+                        norms.setdefault(f"{stage.opt_name}/grad_norm", []).append(norm.float())
                 scaler.update()
                 if skip:
                     skipped += 1

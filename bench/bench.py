@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
         write_markdown(stem.with_suffix(".md"), results)
 
     for name, overrides in cases.items():
-        family = "vae" if "vae" in name else "gan" if "gan" in name else "transformer"
+        family = str(compose_cfg(overrides).model.name)
         steps = 4 if args.quick else warmup + family_steps[family]
         results["cases"][name] = compare(name, overrides, steps, warmup, rounds)
         save()

@@ -124,7 +124,7 @@ class Discriminator(nn.Module):
         if self.pack > 1:
             x = pack_samples(x, self.pack)
         h = self.features(x)  # (B // pack, F)
-        out = self.head(h).squeeze(1)  # (B,)
+        out = self.head(h).squeeze(1)  # (B // pack,)
         if self.embed is not None:
             out = out + (self.embed(y) * h).sum(1)
         return out
