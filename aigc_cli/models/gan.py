@@ -165,8 +165,8 @@ class GAN(GenerativeModel):
         name: str = "gan"
         loss: str = "non_saturating"  # non_saturating | hinge | wgan_gp
         latent_dim: int = 64  # size of z
-        g_channels: int = 32  # G channels at full resolution; doubled per level going down
-        d_channels: int = 32  # D channels at full resolution; doubled per level
+        g_channels: int = 16  # G channels at full resolution; doubled per level going down
+        d_channels: int = 16  # D channels at full resolution; doubled per level
         max_channels: int = 256  # cap on the doubling
         hidden: int = 256  # width of the MLPs used for 2-D point data
         spectral_norm: bool = False  # spectral normalisation on every D layer
