@@ -286,16 +286,21 @@ def test_sample_metrics_rank_real_above_degraded_above_noise(make_cfg, monkeypat
 @pytest.mark.slow
 @pytest.mark.long
 def test_eval_ranks_a_trained_run_above_a_barely_trained_one(run_main, tmp_path):
-    """More training scores better on NLL, through `aigc eval`."""
+    """More training scores better on NLL and on FID (classifier features), through `aigc eval`."""
     sizes = ["dataset.train_size=1000", "dataset.test_size=300", "trainer.batch_size=32",
              "trainer.eval_every=0", "trainer.sample_every=0", "trainer.ckpt_every=0"]  # fmt: skip
+    code, _, err = run_main("train", *tiny_overrides("classifier"), *sizes,
+                            "trainer.max_steps=60", "hydra.run.dir=outputs/clf")  # fmt: skip
+    assert code == 0, err
     scores = {}
     for name, steps in (("barely", 1), ("well", 200)):
         run = f"outputs/{name}"
         code, _, err = run_main("train", *tiny_overrides("vae"), *sizes, "optim.lr=2e-3",
                                 f"trainer.max_steps={steps}", f"hydra.run.dir={run}")  # fmt: skip
         assert code == 0, err
-        code, _, err = run_main("eval", f"run={run}", "metrics=[nll]")
+        code, _, err = run_main("eval", f"run={run}", "metrics=[nll,fid]", "num_samples=300",
+                                "classifier=outputs/clf")  # fmt: skip
         assert code == 0, err
         scores[name] = json.loads((tmp_path / run / "metrics.json").read_text())["eval"]["last"]
     assert scores["well"]["test/nelbo"] < scores["barely"]["test/nelbo"]
+    assert 0 < scores["well"]["test/fid"] < scores["barely"]["test/fid"]
