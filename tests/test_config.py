@@ -4,6 +4,8 @@ from aigc_cli.build import build_data, build_model
 from aigc_cli.config import OptimConfig, TrainerConfig, validate, validate_optim, validate_trainer
 from aigc_cli.errors import ConfigError
 
+from .conftest import REPO
+
 
 def test_yaml_defaults_match_schemas(make_cfg):
     """Every key in the trainer/optim YAML exists in the dataclass and vice versa."""
@@ -59,3 +61,24 @@ def test_model_dataset_mismatch(make_cfg):
     data = build_data(cfg.dataset)
     with pytest.raises(ConfigError, match="cannot train on points data"):
         build_model(cfg.model, data.spec)
+
+
+@pytest.mark.parametrize(
+    "preset", sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+)
+def test_every_experiment_preset_composes_and_validates(preset):
+    """A preset is what users copy from the README: it must compose over the defaults and pass
+    the same checks `aigc train` runs before building anything."""
+    from hydra import compose, initialize_config_module
+
+    from aigc_cli.metrics.quality import validate_metrics
+
+    with initialize_config_module(config_module="aigc_cli.configs", version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={preset}"])
+    t = validate_trainer(cfg.trainer)
+    validate_optim(cfg.optim)
+    m = validate_metrics(cfg.get("metrics") or {})
+    assert cfg.model.name in ("vae", "gan", "transformer", "classifier")
+    assert t.max_steps >= 2000  # every preset trains for real
+    if t.best_metric in ("fid", "kid", "precision", "recall"):
+        assert m.names, "a sample-quality best_metric needs metrics.names"
