@@ -144,8 +144,10 @@ def tool_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
 
 
 def bare_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
-    """The same model, data iterator and optimizers in the plainest loop PyTorch allows."""
+    """The same model, data iterator and optimizers in the plainest loop PyTorch allows; it
+    clips gradients too when the config asks for it (part of the recipe, not overhead)."""
     torch.manual_seed(int(cfg.seed))
+    clip = float(cfg.trainer.grad_clip)
     data = build_data(cfg.dataset)
     model = build_model(cfg.model, data.spec)
     opts = model.optimizers(validate_optim(cfg.optim))
@@ -157,6 +159,9 @@ def bare_rate(cfg: DictConfig, steps: int, warmup: int) -> float:
             opt = opts[stage.opt_name]
             opt.zero_grad(set_to_none=True)
             stage.loss.backward()
+            if clip > 0:
+                params = [p for group in opt.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
             opt.step()
     return batches.rate(warmup, int(cfg.trainer.batch_size))
 
