@@ -41,7 +41,12 @@ from aigc_cli.logger import (
     save_grid,
     to_grid,
 )
-from aigc_cli.metrics.quality import GROUPS, SampleQuality, validate_metrics
+from aigc_cli.metrics.quality import (
+    GROUPS,
+    SampleQuality,
+    check_best_metric,
+    validate_metrics,
+)
 from aigc_cli.models.base import Stage
 from aigc_cli.optim import make_scheduler
 from aigc_cli.plots import scatter_image
@@ -268,13 +273,8 @@ def _train(
     quality = None
     if mcfg.names and world.is_main:  # computed on rank 0, then shared
         quality = SampleQuality(mcfg, mcfg.names, data, cfg.dataset.name, device)
+    check_best_metric(t.best_metric, mcfg)
     sample_keys = {k for keys in GROUPS.values() for k in keys}
-    if t.best_metric in sample_keys and not any(t.best_metric in GROUPS[n] for n in mcfg.names):
-        group = next(n for n, keys in GROUPS.items() if t.best_metric in keys)
-        raise ConfigError(
-            f"trainer.best_metric={t.best_metric} is computed only when metrics.names has {group}",
-            hint=f"add metrics.names=[{group}] (and metrics.every=N to check it during training)",
-        )
     if ckpt is not None and ckpt["model"]["name"] != cfg.model.name:
         raise CheckpointError(
             f"cannot resume: the checkpoint is of model '{ckpt['model']['name']}', "

@@ -54,6 +54,17 @@ def validate_metrics(node: Any) -> MetricsConfig:
     return m
 
 
+def check_best_metric(best_metric: str | None, m: MetricsConfig) -> None:
+    """A sample-quality trainer.best_metric (fid, precision, ...) exists only when
+    metrics.names computes its group: say so before training rather than at the end."""
+    group = next((n for n, keys in GROUPS.items() if best_metric in keys), None)
+    if group is not None and not any(best_metric in GROUPS[n] for n in m.names):
+        raise ConfigError(
+            f"trainer.best_metric={best_metric} is computed only when metrics.names has {group}",
+            hint=f"add metrics.names=[{group}] (and metrics.every=N to check it during training)",
+        )
+
+
 @dataclass
 class FeatureNet:
     embed: Callable[[Tensor], Tensor]  # (B, C, H, W) in [0, 1] → (B, D)
