@@ -1,4 +1,7 @@
-"""The training loop's mechanics: gradient norms and the memory layout of conv nets."""
+"""The training loop's mechanics: gradient norms, the memory layout of conv nets, and the
+progress bar's redraws."""
+
+import itertools
 
 import torch
 
@@ -74,3 +77,27 @@ def test_memory_format_is_channels_last_only_for_conv_nets_where_asked():
     assert x.is_contiguous(memory_format=torch.channels_last)
     labels = to_device(torch.arange(2), cpu, torch.channels_last)
     assert labels.shape == (2,)
+
+
+def test_progress_bar_redraws_at_most_twice_a_second_but_always_on_new_figures(
+    tmp_path, monkeypatch
+):
+    """A redraw costs milliseconds of the training thread in a terminal: plain steps redraw
+    only when half a second has passed; a step that brings new loss/rate figures always does."""
+    from aigc_cli import logger
+
+    now = [100.0]
+    monkeypatch.setattr(logger.time, "monotonic", lambda: now[0])
+    log = logger.RunLogger(tmp_path, progress=True)
+    log.start_progress(total=1000)
+    draws = []
+    monkeypatch.setattr(log._progress, "refresh", lambda: draws.append(now[0]))
+    for step in range(1, 41):  # 40 steps of 0.05 s: 2 s
+        now[0] += 0.05
+        log.advance(step)
+    assert len(draws) == 4 and all(b - a >= 0.5 - 1e-9 for a, b in itertools.pairwise(draws))
+    log.advance(41, loss="1.0", rate="10")  # 0.05 s after the last draw, but new figures
+    assert len(draws) == 5
+    assert log._progress.tasks[0].completed == 41
+    log.stop_progress()
+    log.close()

@@ -1,0 +1,82 @@
+"""The benchmark's bookkeeping: which seconds are charged to aigc's loop and which to the bare
+loop when the two alternate step by step, and the interval put on their ratio."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+
+from .conftest import REPO, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("aigc_bench", REPO / "bench" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["aigc_bench"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("aigc_bench", None)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeBare:
+    """A bare loop whose every step takes 10 s on the fake clock."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock, self.calls = clock, []
+
+    def run(self, steps: int) -> float:
+        self.calls.append(steps)
+        self.clock.now += 10.0 * steps
+        return 10.0 * steps
+
+
+def test_interleaving_charges_each_loop_only_its_own_time(bench, monkeypatch):
+    """aigc's steps take 1 s, 2 s, 3 s, ... and the bare loop's 10 s each: the recorded aigc
+    times must be exactly 1, 2, 3, ... after the warm-up, untouched by the bare steps run in
+    between, and the bare loop warms up once, then takes one step per aigc step."""
+    clock = FakeClock()
+    monkeypatch.setattr(bench.time, "perf_counter", clock)
+    bare = FakeBare(clock)
+    warmup, steps = 2, 4
+    it = bench.Interleaved(iter(range(100)), bare, warmup, steps)
+    for k in range(warmup + steps + 1):  # the +1 fetch ends the last timed step
+        assert next(it) == k  # aigc still gets its batches, in order
+        clock.now += float(k + 1)  # aigc's step k
+    assert it.tool == [3.0, 4.0, 5.0, 6.0]  # steps 2..5, the first two being the warm-up
+    assert it.bare_times == [10.0] * steps
+    assert bare.calls == [warmup] + [1] * steps
+    next(it)  # past the window: no more bare steps, no more timing
+    assert len(it.tool) == steps and bare.calls == [warmup] + [1] * steps
+
+
+def test_ratio_interval_brackets_the_ratio(bench):
+    tool = [1.0, 1.1, 0.9, 1.05, 0.95, 1.0]
+    bare = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    lo, hi = bench.ratio_interval(tool, bare)
+    point = sum(bare) / sum(tool)
+    assert lo < point < hi and hi - lo < 0.15
+    assert bench.ratio_interval([2.0] * 5, [1.0] * 5) == [0.5, 0.5]  # no spread, no width
+
+
+def test_compare_times_both_loops_on_a_real_run(bench):
+    """One tiny case end to end: every timed step of both loops is counted, and the figures
+    derived from them agree with each other."""
+    overrides = [o for o in tiny_overrides() if not o.startswith("trainer.max_steps")]
+    e = bench.compare("tiny", overrides, warmup=1, intervals=3, every=2)
+    assert e["steps_timed"] == 6
+    assert len(e["tool_interval_s"]) == len(e["bare_interval_s"]) == 3
+    assert all(t > 0 for t in e["tool_interval_s"] + e["bare_interval_s"])
+    assert e["ratio"] == pytest.approx(e["tool_samples_per_s"] / e["bare_samples_per_s"])
+    assert e["ratio_90"][0] <= e["ratio"] <= e["ratio_90"][1]
+    assert e["tool_ms_per_step"] == pytest.approx(8 * 1000 / e["tool_samples_per_s"])
