@@ -16,6 +16,7 @@ Timing on a shared machine is noisy: only ratios measured in the same run mean a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,7 @@ class Interleaved:
         self.opened = 0.0
         self.tool: list[float] = []
         self.bare_times: list[float] = []
+        self.paused = 0.0  # wall time spent in the bare loop so far, its warm-up included
 
     def __iter__(self) -> Interleaved:
         return self
@@ -173,7 +175,41 @@ class Interleaved:
                 self.bare.run(self.warmup)
             self.bare_times.append(self.bare.run(1))
             self.opened = time.perf_counter()
+            self.paused += self.opened - now
         return next(self.inner)
+
+
+class ToolTime:
+    """The `time` module as aigc's logger sees it during an interleaved run: with the bare
+    loop's time taken out, its time-throttled work (progress-bar redraws, at most 2 a second)
+    comes as often per step as when aigc runs alone, not twice as often."""
+
+    def __init__(self, clocks: list[Interleaved]) -> None:
+        self.clocks = clocks
+
+    def _paused(self) -> float:
+        return self.clocks[0].paused if self.clocks else 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() - self._paused()
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() - self._paused()
+
+
+@contextlib.contextmanager
+def as_in_a_terminal(clocks: list[Interleaved]) -> Iterator[None]:
+    """aigc's console output (progress bar, config, summary) drawn as in a terminal, where a
+    redraw costs 10x what it does into a pipe, whatever the bench's own output goes to (the
+    drawing itself is discarded), on aigc's own clock (`ToolTime`)."""
+    real_console, real_time = logger_module.console, logger_module.time
+    with open(os.devnull, "w") as sink:
+        logger_module.console = Console(file=sink, force_terminal=True, width=120)
+        logger_module.time = ToolTime(clocks)  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            logger_module.console, logger_module.time = real_console, real_time
 
 
 def run_interleaved(cfg: DictConfig, warmup: int, steps: int) -> Interleaved:
@@ -201,23 +237,17 @@ def run_interleaved(cfg: DictConfig, warmup: int, steps: int) -> Interleaved:
         return out
 
     train_module.save_rotating = timed_save
-    real_console = logger_module.console
     ckpt_every = int(cfg.trainer.ckpt_every)
     try:
         cfg.trainer.max_steps = warmup + steps + 1  # +1: the fetch that ends the last step
         cfg.trainer.eval_every = 0
         cfg.trainer.sample_every = 0
         cfg.trainer.ckpt_every = 0  # only the final one, after the timed steps
-        # The run's console output (progress bar, config, summary) is drawn as in a terminal,
-        # where a redraw costs 10x what it does into a pipe, whatever the bench's own output
-        # goes to; the drawing itself is discarded.
-        with open(os.devnull, "w") as sink:
-            logger_module.console = Console(file=sink, force_terminal=True, width=120)
+        with as_in_a_terminal(clocks):
             train_module.train(cfg, run_dir=run_dir)
     finally:
         undo()
         train_module.save_rotating = real_save
-        logger_module.console = real_console
         shutil.rmtree(run_dir, ignore_errors=True)
     clock = clocks[0]
     if ckpt_every > 0 and saves:
@@ -438,7 +468,8 @@ def reference_mlp_vae(data_root: Path, epochs: int) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="bench_ref_"))
     undo = timed_data(wrap)
     try:
-        metrics = train_module.train(cfg, run_dir=run_dir)
+        with as_in_a_terminal(clocks):
+            metrics = train_module.train(cfg, run_dir=run_dir)
     finally:
         undo()
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -58,6 +58,9 @@ def test_interleaving_charges_each_loop_only_its_own_time(bench, monkeypatch):
     assert bare.calls == [warmup] + [1] * steps
     next(it)  # past the window: no more bare steps, no more timing
     assert len(it.tool) == steps and bare.calls == [warmup] + [1] * steps
+    # aigc's logger sees a clock that skips the bare loop's 60 s (its warm-up included)
+    assert it.paused == 10.0 * (warmup + steps)
+    assert bench.ToolTime([it]).perf_counter() == clock.now - 60.0
 
 
 def test_ratio_interval_brackets_the_ratio(bench):
