@@ -422,7 +422,8 @@ class ReferenceVAE:
                 x = next(self.batches)
             x = x[0]
             self.opt.zero_grad()
-            loss = self.loss(*self.model(x), x)
+            recon, mu, logvar = self.model(x)
+            loss = self.loss(recon, x, mu, logvar)
             loss.backward()
             self.opt.step()
             self.seen += x.shape[0]
@@ -434,7 +435,8 @@ class ReferenceVAE:
         total = 0.0
         with torch.no_grad():
             for x, _ in self.test_loader:
-                total += self.loss(*self.model(x), x).item()
+                recon, mu, logvar = self.model(x)
+                total += self.loss(recon, x, mu, logvar).item()
         return total / len(self.test_loader.dataset)
 
 
