@@ -55,6 +55,7 @@ class OptimConfig:
     warmup_steps: int = 0  # linear warmup from 0 to lr
     min_lr: float = 0.0  # cosine schedule's final learning rate
     decay_steps: int = 0  # cosine decay length; 0 = trainer.max_steps
+    impl: str = "auto"  # auto | fused | foreach | loop: torch's Adam kernel (auto: fused if it can)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -63,6 +64,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "trainer.best_mode": ("min", "max"),
     "optim.name": ("adam", "adamw"),
     "optim.schedule": ("constant", "cosine"),
+    "optim.impl": ("auto", "fused", "foreach", "loop"),
 }
 
 
