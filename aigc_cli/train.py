@@ -270,10 +270,10 @@ def _train(
     # Sample-quality metrics (FID, KID, ...) are checked and their feature network loaded
     # before the first step, so a missing classifier fails now rather than at the end.
     mcfg = validate_metrics(cfg.get("metrics") or {})
+    check_best_metric(t.best_metric, mcfg)
     quality = None
     if mcfg.names and world.is_main:  # computed on rank 0, then shared
         quality = SampleQuality(mcfg, mcfg.names, data, cfg.dataset.name, device)
-    check_best_metric(t.best_metric, mcfg)
     sample_keys = {k for keys in GROUPS.values() for k in keys}
     if ckpt is not None and ckpt["model"]["name"] != cfg.model.name:
         raise CheckpointError(

@@ -28,9 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from hydra import compose, initialize_config_module
@@ -65,48 +65,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class StepClock:
-    """Wraps a batch iterator and notes when each batch is taken: the span between the
-    warm-up-th and the last batch times exactly those steps, loop overhead included."""
+class Stepper(Protocol):
+    """A loop the bench interleaves with aigc's: `run(n)` takes n steps, returns seconds."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.times = inner, []
-
-    def __next__(self) -> Any:
-        self.times.append(time.perf_counter())
-        return next(self.inner)
-
-    def __iter__(self) -> StepClock:
-        return self
-
-    def __getattr__(self, name: str) -> Any:  # state_dict / load_state_dict
-        return getattr(self.inner, name)
-
-    def rate(self, warmup: int, batch_size: int) -> float:
-        t = self.times[warmup:]
-        return (len(t) - 1) * batch_size / (t[-1] - t[0])
-
-
-def timed_data(wrap: Callable[[Any], Any]) -> Callable[[], Any]:
-    """Make the loop's dataset hand out batch iterators wrapped by `wrap`; returns the undo."""
-    real = train_module.build_data
-
-    def build(cfg: Any) -> Any:
-        data = real(cfg)
-        inner = data.train_iter
-
-        def train_iter(batch_size: int, seed: int) -> Any:
-            return wrap(inner(batch_size, seed))
-
-        data.train_iter = train_iter
-        return data
-
-    train_module.build_data = build
-
-    def undo() -> None:
-        train_module.build_data = real
-
-    return undo
+    def run(self, steps: int) -> float: ...
 
 
 class BareLoop:
@@ -150,7 +112,7 @@ class Interleaved:
     so it carries all of its own cost, its batch fetch and logging included, and none of the
     bare loop's."""
 
-    def __init__(self, inner: Any, bare: BareLoop, warmup: int, steps: int) -> None:
+    def __init__(self, inner: Any, bare: Stepper, warmup: int, steps: int) -> None:
         self.inner, self.bare = inner, bare
         self.warmup, self.steps = warmup, steps
         self.fetched = 0
@@ -212,6 +174,38 @@ def as_in_a_terminal(clocks: list[Interleaved]) -> Iterator[None]:
             logger_module.console, logger_module.time = real_console, real_time
 
 
+def train_interleaved(
+    cfg: DictConfig, bare: Stepper, warmup: int, steps: int
+) -> tuple[Interleaved, dict[str, float]]:
+    """Train aigc on `cfg` for exactly the steps `Interleaved` times, with `bare` stepping
+    inside its batch fetches and aigc's console as in a terminal (`as_in_a_terminal`); returns
+    the clock and the run's final metrics. The run dir is temporary."""
+    clocks: list[Interleaved] = []
+    real_build = train_module.build_data
+
+    def build(data_cfg: Any) -> Any:
+        data = real_build(data_cfg)
+        inner = data.train_iter
+
+        def train_iter(batch_size: int, seed: int) -> Interleaved:
+            clocks.append(Interleaved(inner(batch_size, seed), bare, warmup, steps))
+            return clocks[-1]
+
+        data.train_iter = train_iter
+        return data
+
+    cfg.trainer.max_steps = warmup + steps + 1  # +1: the fetch that ends the last timed step
+    run_dir = Path(tempfile.mkdtemp(prefix="bench_"))
+    train_module.build_data = build
+    try:
+        with as_in_a_terminal(clocks):
+            metrics = train_module.train(cfg, run_dir=run_dir)
+    finally:
+        train_module.build_data = real_build
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return clocks[0], metrics
+
+
 def run_interleaved(cfg: DictConfig, warmup: int, steps: int) -> Interleaved:
     """aigc's own loop with the bare loop interleaved (see `Interleaved`), at the default log
     cadence and with the progress bar. Checkpoints count at their default cadence: the run's
@@ -219,15 +213,7 @@ def run_interleaved(cfg: DictConfig, warmup: int, steps: int) -> Interleaved:
     default `trainer.ckpt_every` is added to every aigc step. Writing one inside a window of a
     few hundred steps would charge it several times over."""
     bare = BareLoop(cfg.copy())
-    clocks: list[Interleaved] = []
-
-    def wrap(inner: Any) -> Interleaved:
-        clocks.append(Interleaved(inner, bare, warmup, steps))
-        return clocks[-1]
-
     saves: list[float] = []
-    run_dir = Path(tempfile.mkdtemp(prefix="bench_tool_"))
-    undo = timed_data(wrap)
     real_save = train_module.save_rotating
 
     def timed_save(*args: Any, **kwargs: Any) -> Any:
@@ -239,17 +225,12 @@ def run_interleaved(cfg: DictConfig, warmup: int, steps: int) -> Interleaved:
     train_module.save_rotating = timed_save
     ckpt_every = int(cfg.trainer.ckpt_every)
     try:
-        cfg.trainer.max_steps = warmup + steps + 1  # +1: the fetch that ends the last step
         cfg.trainer.eval_every = 0
         cfg.trainer.sample_every = 0
         cfg.trainer.ckpt_every = 0  # only the final one, after the timed steps
-        with as_in_a_terminal(clocks):
-            train_module.train(cfg, run_dir=run_dir)
+        clock, _ = train_interleaved(cfg, bare, warmup, steps)
     finally:
-        undo()
         train_module.save_rotating = real_save
-        shutil.rmtree(run_dir, ignore_errors=True)
-    clock = clocks[0]
     if ckpt_every > 0 and saves:
         per_step = statistics.median(saves) / ckpt_every
         clock.tool = [t + per_step for t in clock.tool]
@@ -456,26 +437,11 @@ def reference_mlp_vae(data_root: Path, epochs: int) -> dict:
             "model.likelihood=bernoulli",
             "optim.lr=1e-3",
             "trainer.batch_size=128",
-            f"trainer.max_steps={steps + 1}",  # +1: the fetch that ends the last timed step
             "trainer.progress=false",
         ]
     )
     ref = ReferenceVAE(data_root)
-    clocks: list[Interleaved] = []
-
-    def wrap(inner: Any) -> Interleaved:
-        clocks.append(Interleaved(inner, ref, 0, steps))
-        return clocks[-1]
-
-    run_dir = Path(tempfile.mkdtemp(prefix="bench_ref_"))
-    undo = timed_data(wrap)
-    try:
-        with as_in_a_terminal(clocks):
-            metrics = train_module.train(cfg, run_dir=run_dir)
-    finally:
-        undo()
-        shutil.rmtree(run_dir, ignore_errors=True)
-    clock = clocks[0]
+    clock, metrics = train_interleaved(cfg, ref, 0, steps)
     ref_rate = steps * 128 / sum(clock.bare_times)
     aigc_rate = steps * 128 / sum(clock.tool)
     return {
