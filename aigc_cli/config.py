@@ -36,6 +36,7 @@ class TrainerConfig:
     ema_decay: float = 0.999  # EMA decay (warmed up from 0 over the first steps)
     compile: bool = False  # torch.compile the model's networks
     channels_last: bool | None = None  # NHWC layout for conv nets; null = on CUDA only
+    tf32: bool = True  # CUDA: TF32 matmuls and convolutions; false = full fp32 precision
     threads: int = 0  # CPU threads for torch; 0 = leave torch's default
     keep_cpu_memory: bool = True  # glibc: reuse freed host memory instead of re-faulting it
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower, reproducible)

@@ -183,6 +183,15 @@ def _every(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
+def cuda_math(tf32: bool) -> None:
+    """CUDA's process-wide maths settings. TF32 matmuls and convolutions are nearly free speed on
+    Ampere and later at no visible cost for these models; `trainer.tf32=false` keeps full fp32
+    for anyone comparing numerics. cuDNN picks its fastest kernels for the (fixed) shapes."""
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
+
+
 def memory_format(model: nn.Module, device: torch.device, flag: bool | None) -> torch.memory_format:
     """channels_last for a conv net when asked, or by default on CUDA, where cuDNN's tensor-core
     kernels want NHWC and otherwise transpose every activation; on CPU it buys nothing
@@ -258,10 +267,7 @@ def _train(
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(seed)
     if device.type == "cuda":
-        # TF32 matmuls/convolutions: ~free speed on Ampere+ at no visible cost for these models.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        cuda_math(t.tf32)
 
     data = build_data(cfg.dataset).to(device)
     model = build_model(cfg.model, data.spec).to(device)

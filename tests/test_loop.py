@@ -101,3 +101,18 @@ def test_progress_bar_redraws_at_most_twice_a_second_but_always_on_new_figures(
     assert log._progress.tasks[0].completed == 41
     log.stop_progress()
     log.close()
+
+
+def test_trainer_tf32_sets_cudas_maths_both_ways():
+    """trainer.tf32 is applied on CUDA runs (the flags are plain globals, so set them here)."""
+    from aigc_cli.train import cuda_math
+
+    b = torch.backends
+    saved = b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, b.cudnn.benchmark
+    try:
+        for flag in (False, True, False):
+            cuda_math(flag)
+            assert torch.backends.cuda.matmul.allow_tf32 is flag
+            assert torch.backends.cudnn.allow_tf32 is flag
+    finally:
+        b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, b.cudnn.benchmark = saved
