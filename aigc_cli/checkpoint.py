@@ -53,6 +53,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda f: f.write(text.encode()), "file")
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Atomically replace a file (a PNG grid) with `data`."""
+    _atomic_write(path, lambda f: f.write(data), "file")
+
+
 def _fsync_dir(folder: Path) -> None:
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
@@ -106,7 +111,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             "(it may try to run code)",
             hint="only load checkpoints written by aigc",
         ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError,
+            IndexError, TypeError, AttributeError) as e:  # fmt: skip
+        # weights_only's unpickler reads plain data only, so any other exception from it is
+        # bytes that are not a checkpoint (a text file fails on an unknown memo key).
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0][:120]})",
             hint="use another checkpoint of the run, or retrain",

@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> None:
             return
         if command == "train":
             rest = _torchrun_overrides(_sweep_overrides(_resume_overrides(rest)))
+        if command == "sample":
+            rest = [_quoted_prompt(a) for a in rest]
+        if command == "eval":
+            rest = [_eval_dataset(a) for a in rest]
         from aigc_cli import sweep
 
         sweep.failed_jobs = 0  # set by the sweep's summary callback
@@ -127,6 +131,27 @@ def _resume_overrides(args: list[str]) -> list[str]:
 
     run_dir = run_dir_of(resolve_checkpoint(resume))
     return [*args, f"hydra.run.dir={run_dir}"]
+
+
+def _quoted_prompt(arg: str) -> str:
+    """`prompt=The ` keeps its spaces: Hydra strips unquoted values, so the value is passed on
+    as a quoted string (with its own quotes and backslashes escaped)."""
+    if not arg.startswith("prompt="):
+        return arg
+    value = arg.split("=", 1)[1]
+    if value[:1] in ("'", '"') and value[-1:] == value[:1] and len(value) > 1:
+        return arg  # quoted by the user already
+    return "prompt='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _eval_dataset(arg: str) -> str:
+    """`aigc eval dataset.root=/data` (or `dataset=mnist`): settings added to eval's open
+    `dataset` section, where Hydra would otherwise refuse a key it does not know yet."""
+    if arg.startswith("dataset="):
+        return "+dataset.name=" + arg.split("=", 1)[1]
+    if arg.startswith("dataset."):
+        return "+" + arg
+    return arg
 
 
 def _sweep_overrides(args: list[str]) -> list[str]:
@@ -232,6 +257,11 @@ def describe_error(e: BaseException, args: list[str]) -> tuple[str | None, int]:
         ), 2
     if isinstance(e, (HydraException, OmegaConfBaseException)):
         return f"bad config: {text.splitlines()[0]}", 2
+    if isinstance(e, OSError) and e.filename:
+        return (
+            f"cannot write {e.filename}: {e.strerror or e} (pick a writable place, e.g. "
+            "hydra.run.dir=<dir>)"
+        ), 1
     if type(e).__name__ == "OutOfMemoryError":
         return "out of memory (use a smaller trainer.batch_size or a smaller model)", 1
     return None, 0

@@ -43,6 +43,7 @@ class TrainerConfig:
     progress: bool = True  # rich progress bar on the console
     eval_samples: int = 2500  # generated samples for sample-based metrics (e.g. mode coverage)
     on_nonfinite: str = "stop"  # NaN/inf loss: stop (keep the last good checkpoint) | skip the step
+    sync_batchnorm: bool | None = None  # batch norm over all ranks' shares; null = when multi-rank
 
 
 @dataclass

@@ -9,8 +9,9 @@ discarded gradients too. One flat all-reduce per stage is the same arithmetic as
 without overlap of communication and backward.
 
 `trainer.batch_size` is the global batch: each rank takes its slice of every global batch, so a
-run on N processes follows the same data order, and (for models whose random draws go through
-`randn_like`) the same trajectory, as a single process.
+run on N processes follows the same data order, and (models draw their noise through the
+`Noise` the loop hands them, and batch norm is synchronised) the same trajectory, as a single
+process.
 """
 
 from __future__ import annotations
@@ -143,28 +144,6 @@ class ShardedBatches(BatchIterator):
         self.inner.load_state_dict(state)
 
 
-def randn_like(x: Tensor) -> Tensor:
-    """Standard normal noise shaped like a per-sample tensor `x` (see `_global_draw`)."""
-    return _global_draw(torch.randn, x)
-
-
-def rand_like(x: Tensor) -> Tensor:
-    """Uniform [0, 1) noise shaped like a per-sample tensor `x` (see `_global_draw`)."""
-    return _global_draw(torch.rand, x)
-
-
-def _global_draw(draw: Any, x: Tensor) -> Tensor:
-    """Under data parallelism every rank draws the whole global batch's noise (all ranks share
-    one seed) and keeps its own rows, so the noise each sample gets does not depend on the
-    number of processes."""
-    world = current()
-    n = x.shape[0] * world.size
-    full = draw((n, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    if not world.parallel:
-        return full
-    return full[world.rank * x.shape[0] : (world.rank + 1) * x.shape[0]]
-
-
 def average_gradients(params: Iterable[Tensor], world: World) -> None:
     """Mean of each gradient over the ranks, in one flat all-reduce."""
     if not world.parallel:
@@ -235,3 +214,13 @@ def _comm_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def all_finite(loss: Tensor, world: World) -> bool:
+    """Whether `loss` is finite on every rank: the ranks skip a step together or not at all,
+    so their collectives keep matching."""
+    ok = torch.isfinite(loss.detach()).all().to(torch.int64).reshape(1)
+    if world.parallel:
+        ok = ok.to(_comm_device())
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())

@@ -166,11 +166,16 @@ class Throughput:
 
 def save_grid(images: Tensor, path: Path, nrow: int = 8) -> Tensor:
     """Save (N, C, H, W) images in [0, 1] as one PNG grid; returns the grid (C, H', W')."""
+    import io
+
     from torchvision.utils import make_grid, save_image
 
+    from aigc_cli.checkpoint import atomic_write_bytes
+
     grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, str(path))
+    buf = io.BytesIO()
+    save_image(grid, buf, format="png")
+    atomic_write_bytes(Path(path), buf.getvalue())
     return grid
 
 

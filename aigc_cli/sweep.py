@@ -194,7 +194,7 @@ except ImportError:  # pragma: no cover - hydra < 1.1
 
 
 class SweepSummary(Callback):
-    """Hydra callback (configs/train.yaml: hydra.callbacks): the table at the end of a sweep."""
+    """Hydra callback (train.yaml's hydra.callbacks): the table at the end of a sweep."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global failed_jobs

@@ -1,57 +1,47 @@
-"""`train(cfg)`: one model-agnostic loop. Each step the model yields its stages; the loop does
-backward (with AMP scaling), clipping and the optimizer step for each. Periodic work is a plain
-`if` block per kind: log, evaluate, sample, checkpoint."""
+"""`train(cfg)`: one model-agnostic loop. Each step the model yields its stages and
+`train_step` does backward, clipping and the optimizer step for each; periodic work is a plain
+`if` block per kind (log, evaluate, sample quality, samples, checkpoint). Everything a run
+needs lives in one `Run`, built by `setup`, passed explicitly to the named parts."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import random
 import re
 import signal
-import threading
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torch.optim import Optimizer
 
-from aigc_cli import distributed
+from aigc_cli import distributed, sync_batchnorm
 from aigc_cli.build import build_data, build_model, resolve_checkpoint
 from aigc_cli.checkpoint import load_checkpoint, save_checkpoint, save_rotating
 from aigc_cli.config import OptimConfig, TrainerConfig, validate_optim, validate_trainer
 from aigc_cli.cpu import configure_cpu
 from aigc_cli.ema import EMA
-from aigc_cli.errors import AigcError, CheckpointError, ConfigError, TrainingError
+from aigc_cli.errors import CheckpointError, ConfigError, TrainingError
 from aigc_cli.evaluate import evaluate, isolated_rng
-from aigc_cli.logger import (
-    QuietLogger,
-    RunLogger,
-    Throughput,
-    config_tree,
-    flatten,
-    save_grid,
-    to_grid,
-)
-from aigc_cli.metrics.quality import (
-    GROUPS,
-    SampleQuality,
-    check_best_metric,
-    validate_metrics,
-)
-from aigc_cli.models.base import Stage
+from aigc_cli.logger import QuietLogger, RunLogger, Throughput, config_tree, flatten
+from aigc_cli.metrics.quality import GROUPS, SampleQuality, check_best_metric, validate_metrics
+from aigc_cli.models.base import GenerativeModel
+from aigc_cli.noise import Noise
 from aigc_cli.optim import make_scheduler
-from aigc_cli.plots import scatter_image
+from aigc_cli.resume import restore
+from aigc_cli.rng import rng_state, seed_everything
+from aigc_cli.samples import log_samples
+from aigc_cli.signals import StopFlag, TrainingInterrupted
+from aigc_cli.step import Optimization, StepResult, Tally, train_step
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
+SAMPLE_KEYS = {k for keys in GROUPS.values() for k in keys}
 
 # Every schedule is a function of the loop's step, so each scheduler steps once per loop step even
 # when its optimizer did not (a GAN's G with n_critic > 1 skips its first steps). PyTorch warns
@@ -61,126 +51,513 @@ warnings.filterwarnings(
 )
 
 
-class TrainingInterrupted(AigcError):
-    """SIGINT/SIGTERM: a checkpoint was written; exit with 128 + the signal number."""
+@dataclass
+class Run:
+    """The state of one training run; `setup` builds it, the loop's parts update it."""
 
-    def __init__(self, signum: int, message: str, hint: str) -> None:
-        super().__init__(message, hint)
-        self.exit_code = 128 + signum
+    cfg: DictConfig
+    t: TrainerConfig
+    world: distributed.World
+    device: torch.device
+    run_dir: Path
+    data: Any
+    model: GenerativeModel
+    ema: EMA | None
+    opt: Optimization
+    batches: Any
+    layout: torch.memory_format
+    log: RunLogger
+    mcfg: Any
+    quality: SampleQuality | None
+    choices: dict[str, str]
+    step: int = 0
+    saved_step: int = 0
+    best: dict[str, Any] = field(default_factory=dict)  # best value of trainer.best_metric
+    skipped: int = 0  # steps skipped for a non-finite loss
+    tally: Tally = field(default_factory=Tally)
+    speed: Throughput = field(default_factory=Throughput)
 
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.get("seed", 0))
 
-class StopFlag:
-    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one exits at
-    once (the default handler's KeyboardInterrupt / termination)."""
+    @property
+    def eval_model(self) -> GenerativeModel:
+        return self.ema.model if self.ema else self.model
 
-    def __init__(self) -> None:
-        self.signum = 0
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum:  # second signal: give up immediately
-            self.restore()
-            signal.raise_signal(signum)
-            return
-        self.signum = signum
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[StopFlag]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self  # signals can only be handled in the main thread
-            return
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._previous[s] = signal.signal(s, self._handle)
-        try:
-            yield self
-        finally:
-            self.restore()
-
-    def restore(self) -> None:
-        for s, h in self._previous.items():
-            signal.signal(s, h)
-        self._previous.clear()
+    @property
+    def noise(self) -> Noise:
+        return Noise(self.world.rank, self.world.size)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def train(
+    cfg: DictConfig | dict[str, Any],
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    choices: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """Train the model `cfg` describes; return the final test metrics.
+
+    `resume` is a checkpoint (or run dir) to continue from: weights, optimizer, schedule, EMA,
+    AMP scaler, RNG and data order are restored, and logging continues in the same event file.
+    `choices` are the config groups picked on the command line, kept so a resume can tell a
+    repeated `model=gan` from a change of model.
+    """
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    if resume is None and cfg.get("resume"):
+        resume = cfg.resume
+    ckpt = load_checkpoint(resolve_checkpoint(resume)) if resume else None
+    t = validate_trainer(cfg.trainer)
+    configure_cpu(t.threads, t.keep_cpu_memory)
+    # Under torchrun: join the process group; only rank 0 writes anything, into its run dir.
+    world, device = distributed.init(t.device)
+    try:
+        if run_dir is None:
+            run_dir = resolve_checkpoint(resume).parent.parent if resume else default_run_dir()
+        run = setup(cfg, ckpt, world, device, Path(run_dir), choices or {})
+        return loop(run)
+    except RuntimeError as e:
+        if world.parallel and distributed.is_comm_failure(e):
+            # Another rank died (its own error, or torchrun's report, names the cause); this
+            # rank only lost its peers: say so in one line rather than with a gloo traceback.
+            raise TrainingError(
+                "lost contact with the other ranks: "
+                + re.sub(r"^\[[^\]]*\]\s*", "", str(e).splitlines()[0])[:120],
+                hint="another rank failed first; its error (or torchrun's summary) says why",
+            ) from e
+        raise
+    finally:
+        if world.parallel:
+            distributed.shutdown()
 
 
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "gauss": float(np_state[4]),
+def loop(run: Run) -> dict[str, float]:
+    """The training loop: a step, then the periodic work, until max_steps or a stop signal."""
+    t, stop = run.t, StopFlag()
+    run.log.start_progress(t.max_steps, run.step)
+    try:
+        with stop.installed():
+            while run.step < t.max_steps:
+                batch = tuple(to_device(x, run.device, run.layout) for x in next(run.batches))
+                want_norm = logs_after(t, run.step + 1)
+                result = train_step(run.model, batch, run.step, run.opt, run.noise, want_norm)
+                record(run, result)
+                run.step += 1
+                # Every rank stops after the same step.
+                signum = distributed.any_rank(stop.signum, run.world)
+                periodic(run, stopping=bool(signum))
+                if signum:
+                    name = signal.Signals(signum).name
+                    raise TrainingInterrupted(
+                        signum,
+                        f"{name} received: stopped after step {run.step}, checkpoint written "
+                        f"to {run.run_dir / 'checkpoints' / 'last.pt'}",
+                        hint=f"continue with: aigc train resume={run.run_dir}",
+                    )
+            metrics = finish(run)
+    except torch.OutOfMemoryError as e:
+        raise TrainingError(
+            f"out of memory on {run.device} at trainer.batch_size={t.batch_size}",
+            hint="use a smaller trainer.batch_size or a smaller model",
+        ) from e
+    finally:
+        run.log.stop_progress()
+    return report(run, metrics)
+
+
+def record(run: Run, result: StepResult) -> None:
+    """A step's outcome into the run: scalars to the tally, EMA after a real update."""
+    run.speed.add(run.t.batch_size)
+    if result.skipped:
+        run.skipped += 1
+        return
+    run.tally.add(result.scalars)
+    run.tally.add(result.norms)
+    if run.ema is not None:
+        run.ema.update(run.model)
+
+
+def periodic(run: Run, stopping: bool = False) -> None:
+    """The work due after this step: one `if` per kind. The last step's evaluation, samples
+    and checkpoint are `finish`'s."""
+    t, step = run.t, run.step
+    last = step >= t.max_steps
+    if logs_after(t, step) or stopping:
+        flush_logs(run)
+    else:
+        run.log.advance(step)
+    if every(step, t.eval_every) and not last:
+        keep_best(run, evaluate_run(run, batches=t.eval_batches))
+    if run.mcfg.names and every(step, run.mcfg.every) and not last:
+        keep_best(run, sample_quality(run))
+    if every(step, t.sample_every) and not last:
+        samples(run)
+    if every(step, t.ckpt_every) or stopping:
+        checkpoint(run, must=stopping)
+
+
+def finish(run: Run) -> dict[str, float]:
+    """The end of the run: last scalars, the final evaluation on the whole test split, sample
+    quality, a last grid and checkpoint, best.pt."""
+    flush_logs(run)
+    run.log.stop_progress()
+    metrics = evaluate_run(run, batches=0, final=True)
+    if run.mcfg.names:
+        metrics.update(sample_quality(run))
+    samples(run)
+    checkpoint(run, must=True)
+    keep_best(run, metrics)
+    return metrics
+
+
+def report(run: Run, metrics: dict[str, float]) -> dict[str, float]:
+    """Final figures to TensorBoard (scalars and HParams), metrics.json and the console;
+    returns them as test/<name>."""
+    final = {f"test/{k}": v for k, v in metrics.items()}
+    run.log.scalars(final, run.step)
+    resolved = OmegaConf.to_container(run.cfg, resolve=True)
+    groups = ("model", "dataset", "optim", "trainer", "seed")
+    hp = {k: v for k, v in flatten(resolved).items() if k.split(".")[0] in groups}
+    run.log.hparams(hp, final, run.step)
+    run.log.close()
+    notes = {**run.model.describe_metrics({}), **(run.quality.describe() if run.quality else {})}
+    record_ = {"step": run.step, **final, "methods": {f"test/{k}": v for k, v in notes.items()}}
+    if run.world.is_main:
+        from aigc_cli.checkpoint import atomic_write_text
+
+        atomic_write_text(run.run_dir / "metrics.json", json.dumps(record_, indent=2) + "\n")
+    run.log.summary(
+        final,
+        {
+            "run dir": str(run.run_dir),
+            "sample": f"aigc sample run={run.run_dir}",
+            "view": f"tensorboard --logdir {run.run_dir.parent}",
         },
-    }
+    )
+    return final
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+# ---- building a run ------------------------------------------------------------------------
+
+
+def setup(
+    cfg: DictConfig,
+    ckpt: dict[str, Any] | None,
+    world: distributed.World,
+    device: torch.device,
+    run_dir: Path,
+    choices: dict[str, str],
+) -> Run:
+    """Everything a run needs, built in order: data, model, EMA, compile, optimizers, the
+    restored state of a resumed run, the logger. Fails before the first step on any config
+    problem that can be seen without training (a bad best_metric, a missing classifier)."""
+    t, o = validate_trainer(cfg.trainer), validate_optim(cfg.optim)
+    distributed.check_batch_size(t.batch_size, world)
+    run_dir = Path(distributed.broadcast_object(str(run_dir), world))
+    if world.is_main:
+        make_run_dir(run_dir)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_everything(int(cfg.get("seed", 0)))
+    if device.type == "cuda":
+        cuda_math(t.tf32)
+    data = build_data(cfg.dataset).to(device)
+    model = build_model(cfg.model, data.spec).to(device)
+    if ckpt is not None and ckpt["model"]["name"] != cfg.model.name:
+        raise CheckpointError(
+            f"cannot resume: the checkpoint is of model '{ckpt['model']['name']}', "
+            f"the config asks for '{cfg.model.name}'",
+            hint=f"resume with model={ckpt['model']['name']}",
+        )
+    notes = prepare_model(model, t, world)
+    layout = memory_format(model, device, t.channels_last)
+    model = model.to(memory_format=layout)
+    mcfg = validate_metrics(cfg.get("metrics") or {})
+    check_best_metric(t.best_metric, mcfg)
+    # Sample-quality metrics load their feature network now, so a missing classifier fails
+    # before the first step; they are computed on rank 0 and shared.
+    quality = None
+    if mcfg.names and world.is_main:
+        quality = SampleQuality(mcfg, mcfg.names, data, cfg.dataset.name, device)
+    distributed.broadcast_module(model, world)
+    # The EMA copy is taken before compiling: a compiled module's copy would still call the
+    # original's forward.
+    ema = EMA(model, t.ema_decay, model.ema_networks) if t.ema else None
+    notes += compile_model(model, t.compile)
+    opt = make_optimization(model, t, o, device, world)
+    batches = data.train_iter(t.batch_size, int(cfg.get("seed", 0)))
+    if world.parallel:
+        batches = distributed.ShardedBatches(batches, world)
+    log = open_logger(cfg, t, run_dir, world, ckpt)
+    run = Run(cfg, t, world, device, run_dir, data, model, ema, opt, batches, layout, log,
+              mcfg, quality, dict(choices))  # fmt: skip
+    if ckpt is not None:
+        changes = restore(ckpt, run.model, run.ema, run.opt, run.batches, cfg)
+        run.step = run.saved_step = int(ckpt["step"])
+        run.best = dict(ckpt.get("best") or {})
+        run.choices = {**(ckpt.get("choices") or {}), **run.choices}
+        notes += [f"resumed from step {run.step}", *changes]
+    check_metric_name(run)
+    describe(run, notes)
+    return run
+
+
+def make_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot create the run dir {run_dir}: {e.strerror or e}",
+            hint="pick a writable place with hydra.run.dir=<dir> or paths.outputs=<dir>",
+        ) from e
+
+
+def prepare_model(model: GenerativeModel, t: TrainerConfig, world: distributed.World) -> list:
+    """Batch norm over the global batch when several ranks share it (on by default where the
+    model has BatchNorm: otherwise N ranks train a different model from one process)."""
+    sync = t.sync_batchnorm if t.sync_batchnorm is not None else world.parallel
+    if sync and world.parallel and sync_batchnorm.has_batchnorm(model):
+        sync_batchnorm.convert(model)
+        return ["batch norm synchronised over the ranks (trainer.sync_batchnorm)"]
+    return []
+
+
+def compile_model(model: GenerativeModel, enabled: bool) -> list[str]:
+    """torch.compile each network in place (parameter names, and so checkpoints, are the same
+    with and without compile), except those the model says cannot be compiled."""
+    if not enabled:
+        return []
+    skip = model.uncompiled()
+    for name, child in model.named_children():
+        if name not in skip:
+            child.compile()
+    return [f"compile: {name} left eager ({why})" for name, why in skip.items()]
+
+
+def make_optimization(
+    model: GenerativeModel,
+    t: TrainerConfig,
+    o: OptimConfig,
+    device: torch.device,
+    world: distributed.World,
+) -> Optimization:
+    optimizers = model.optimizers(o)
+    return Optimization(
+        optimizers=optimizers,
+        schedulers={k: make_scheduler(v, o, t.max_steps) for k, v in optimizers.items()},
+        scaler=torch.amp.GradScaler(device.type, enabled=t.precision == "16"),
+        autocast_dtype=AMP_DTYPES.get(t.precision),
+        device_type=device.type,
+        grad_clip=t.grad_clip,
+        skip_nonfinite=t.on_nonfinite == "skip",
+        world=world,
     )
 
 
-def apply_stage(
-    stage: Stage,
-    optimizers: dict[str, Optimizer],
-    scaler: torch.amp.GradScaler,
-    grad_clip: float,
-    world: distributed.World | None = None,
-    want_norm: bool = True,
-) -> torch.Tensor | None:
-    """backward → (average over ranks) → unscale → clip → step for one stage; returns the
-    gradient norm (a tensor, so reading it costs no sync), or None when there is no clipping
-    and `want_norm` is false: the norm is a full pass over the gradients, so the loop asks for
-    it only on steps it logs. Only `optimizers[stage.opt_name]` steps: a GAN's generator stage
-    leaves the discriminator's weights alone even though gradients reach them."""
-    opt = optimizers[stage.opt_name]
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(stage.loss).backward()
-    params = [p for g in opt.param_groups for p in g["params"]]
-    if world is not None:
-        # Before clipping, so the clip sees the global batch's gradient.
-        distributed.average_gradients(params, world)
-    scaler.unscale_(opt)
-    norm = None
-    if grad_clip > 0:
-        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-    elif want_norm:
-        norm = total_norm([p.grad for p in params if p.grad is not None])
-    scaler.step(opt)
-    return norm
+def open_logger(
+    cfg: DictConfig,
+    t: TrainerConfig,
+    run_dir: Path,
+    world: distributed.World,
+    ckpt: dict[str, Any] | None,
+) -> RunLogger:
+    step = int(ckpt["step"]) if ckpt else 0
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    if not world.is_main:
+        return QuietLogger(run_dir)
+    from aigc_cli.checkpoint import atomic_write_text
+
+    atomic_write_text(run_dir / "config.yaml", resolved)
+    log = RunLogger(run_dir, progress=t.progress, purge_step=step + 1 if step else None)
+    log.print(config_tree(OmegaConf.to_container(cfg, resolve=True), f"config → {run_dir}"))
+    if not step:
+        log.text("config", resolved, 0)
+    return log
 
 
-def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """The global L2 norm of `grads` without touching them (clip_grad_norm_ with an infinite
-    limit would also rescale every gradient by 1)."""
-    if not grads:
-        return torch.zeros(())
-    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
-        return torch.nn.utils.get_total_norm(grads, foreach=True)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+def describe(run: Run, notes: list[str]) -> None:
+    for note in notes:
+        run.log.print(note)
+    n_params = sum(p.numel() for p in run.model.parameters())
+    per_rank = run.t.batch_size // run.world.size
+    run.log.print(
+        f"model [bold]{run.model.cfg.name}[/] ({n_params / 1e6:.2f}M parameters) on "
+        f"{run.device}, precision {run.t.precision}"
+        + (f", {run.world.size} ranks × batch {per_rank}" if run.world.parallel else "")
+    )
+
+
+def check_metric_name(run: Run) -> None:
+    """A misspelled trainer.best_metric fails now, not at the first evaluation: the names of
+    the model's test metrics come from evaluating one test batch."""
+    name = run.t.best_metric
+    if not name or name in SAMPLE_KEYS:
+        return
+    names = evaluate_run(run, batches=1, quiet=True)
+    if name not in names:
+        raise ConfigError(
+            f"bad value for 'trainer.best_metric': '{name}' is not a test metric of this "
+            f"model; choose from: {', '.join(names)}"
+        )
+
+
+# ---- the periodic work ---------------------------------------------------------------------
+
+
+def every(step: int, interval: int) -> bool:
+    return interval > 0 and step % interval == 0
+
+
+def logs_after(t: TrainerConfig, step: int) -> bool:
+    """Whether the loop flushes its scalars after step `step`."""
+    return any(every(step, e) for e in (t.log_every, t.eval_every, t.sample_every, t.ckpt_every))
+
+
+def flush_logs(run: Run) -> None:
+    """The loop's only host-device sync: averaged scalars → TensorBoard and the console."""
+    if not run.tally:
+        if run.skipped:
+            run.log.scalars({"train/skipped_steps": float(run.skipped)}, run.step)
+        return
+    means = run.tally.means()
+    stacked = distributed.mean_tensor(torch.stack(list(means.values())), run.world)
+    values = dict(zip(means, stacked.tolist(), strict=True))
+    # Gradient norms are left out: with fp16 an inf norm is the GradScaler skipping a step.
+    bad = {k: v for k, v in values.items() if not math.isfinite(v) and "grad_norm" not in k}
+    if bad and run.t.on_nonfinite == "stop":
+        terms = ", ".join(f"{k}={v}" for k, v in values.items())
+        raise TrainingError(
+            f"non-finite loss by step {run.step}: {terms}",
+            hint="the last good checkpoint is kept; lower optim.lr, set trainer.grad_clip, "
+            "or use trainer.on_nonfinite=skip",
+        )
+    values.update({f"lr/{k}": s.get_last_lr()[0] for k, s in run.opt.schedulers.items()})
+    rate = run.speed.rate()
+    values["perf/samples_per_s"] = rate
+    if run.skipped:
+        values["train/skipped_steps"] = float(run.skipped)
+    run.log.scalars(values, run.step)
+    loss = next((v for k, v in values.items() if k.endswith("/loss")), float("nan"))
+    run.log.advance(run.step, loss=f"{loss:.4g}", rate=f"{rate:.0f}")
+    run.tally.clear()
+
+
+@contextlib.contextmanager
+def inference(run: Run) -> Iterator[GenerativeModel]:
+    """The model that evaluates and samples (the EMA copy, or the live model), in eval mode
+    (BatchNorm's running statistics, no dropout), uncompiled (evaluation's shapes and grad
+    mode would each trigger a recompilation), and drawing from a forked RNG so the training
+    trajectory does not depend on how often it runs."""
+    model = run.eval_model
+    was_training = model.training
+    stance = contextlib.nullcontext()
+    if run.t.compile and hasattr(torch.compiler, "set_stance"):
+        stance = torch.compiler.set_stance("force_eager")
+    model.eval()
+    try:
+        with isolated_rng(run.device), stance:
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def evaluate_run(
+    run: Run, batches: int, final: bool = False, quiet: bool = False
+) -> dict[str, float]:
+    """Test metrics of the evaluation model; logged under test/ unless `quiet`."""
+    from aigc_cli.data.base import has_sample_metrics
+
+    with inference(run) as model:
+        metrics = evaluate(
+            model,
+            run.data,
+            batch_size=max(run.t.batch_size, 256) if final else run.t.batch_size,
+            max_batches=batches,
+            num_samples=run.t.eval_samples if final and has_sample_metrics(run.data) else 0,
+            seed=run.seed,
+            world=run.world,
+        )
+    if not quiet and not final:
+        run.log.scalars({f"test/{k}": v for k, v in metrics.items()}, run.step)
+    return metrics
+
+
+def sample_quality(run: Run) -> dict[str, float]:
+    """FID and friends from rank 0, the same figures on every rank."""
+    q = None
+    if run.quality is not None:
+        with inference(run) as model:
+            q = run.quality(model, run.seed)
+    q = distributed.broadcast_object(q, run.world)
+    run.log.scalars({f"test/{k}": v for k, v in q.items()}, run.step)
+    return q
+
+
+def samples(run: Run) -> None:
+    if run.model.generates and run.world.is_main:
+        with inference(run) as model:
+            log_samples(run.log, model, run.data, run.t, run.seed, run.step, run.run_dir)
+
+
+def checkpoint_state(run: Run) -> dict[str, Any]:
+    cfg = run.cfg
+    return {
+        "model": {"name": run.model.cfg.name, "config": asdict(run.model.cfg)},
+        "dataset": {
+            "name": cfg.dataset.name,
+            "spec": run.data.spec.to_dict(),
+            "config": OmegaConf.to_container(cfg.dataset, resolve=True),
+        },
+        "step": run.step,
+        "model_state": run.model.state_dict(),
+        "ema": run.ema.state_dict() if run.ema else None,
+        "optimizers": {k: v.state_dict() for k, v in run.opt.optimizers.items()},
+        "schedulers": {k: v.state_dict() for k, v in run.opt.schedulers.items()},
+        "scaler": run.opt.scaler.state_dict(),
+        "rng": rng_state(),
+        "data_state": run.batches.state_dict(),
+        "best": dict(run.best),
+        "choices": dict(run.choices),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def checkpoint(run: Run, must: bool = False) -> None:
+    """Write step_N.pt + last.pt unless this step is already saved (a resumed start, or a
+    periodic save on the last step). A periodic write that fails (disk full) must not end
+    hours of training: the previous checkpoint is intact; say so and try again later."""
+    if run.step == run.saved_step or not run.world.is_main:
+        return
+    try:
+        save_rotating(checkpoint_state(run), run.run_dir / "checkpoints", run.step,
+                      run.t.keep_checkpoints)  # fmt: skip
+        run.saved_step = run.step
+    except CheckpointError as e:
+        if must:
+            raise
+        run.log.print(f"[red]warning:[/] {e}")
+
+
+def keep_best(run: Run, metrics: dict[str, float]) -> None:
+    """best.pt when trainer.best_metric improved; the best value so far travels in checkpoints,
+    so a resumed run only replaces best.pt with something better than what it holds."""
+    name = run.t.best_metric
+    if not name or name not in metrics:
+        return  # a sample metric, judged when the sample metrics are computed
+    value, sign = metrics[name], 1.0 if run.t.best_mode == "min" else -1.0
+    if run.best and sign * value >= sign * run.best["value"]:
+        return
+    run.best.update(metric=name, value=value, step=run.step)
+    if run.world.is_main:
+        save_checkpoint(checkpoint_state(run), run.run_dir / "checkpoints" / "best.pt")
+    run.log.print(f"best.pt: {name}={value:.5g} at step {run.step}")
+
+
+# ---- devices and layouts -------------------------------------------------------------------
 
 
 def default_run_dir() -> Path:
     return Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S")
-
-
-def _every(step: int, every: int) -> bool:
-    return every > 0 and step % every == 0
 
 
 def cuda_math(tf32: bool) -> None:
@@ -206,426 +583,3 @@ def to_device(x: Tensor, device: torch.device, layout: torch.memory_format) -> T
     if x.dim() == 4 and layout is not torch.contiguous_format:
         return x.to(device, non_blocking=True, memory_format=layout)
     return x.to(device, non_blocking=True)
-
-
-def train(
-    cfg: DictConfig | dict[str, Any],
-    run_dir: str | Path | None = None,
-    resume: str | Path | None = None,
-) -> dict[str, float]:
-    """Train the model `cfg` describes; return the final test metrics.
-
-    `resume` is a checkpoint (or run dir) to continue from: weights, optimizer, schedule, EMA,
-    AMP scaler, RNG and data order are restored, and logging continues in the same event file.
-    """
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
-    t = validate_trainer(cfg.trainer)
-    o = validate_optim(cfg.optim)
-    seed = int(cfg.get("seed", 0))
-    if resume is None and cfg.get("resume"):
-        resume = cfg.resume
-    ckpt = load_checkpoint(resolve_checkpoint(resume)) if resume else None
-    configure_cpu(t.threads, t.keep_cpu_memory)
-    # Under torchrun: join the process group; only rank 0 writes anything, into its run dir.
-    world, device = distributed.init(t.device)
-    try:
-        return _train(cfg, t, o, seed, ckpt, world, device, run_dir, resume)
-    except RuntimeError as e:
-        if world.parallel and distributed.is_comm_failure(e):
-            # Another rank died (its own error, or torchrun's report, names the cause); this
-            # rank only lost its peers: say so in one line rather than with a gloo traceback.
-            raise TrainingError(
-                "lost contact with the other ranks: "
-                + re.sub(r"^\[[^\]]*\]\s*", "", str(e).splitlines()[0])[:120],
-                hint="another rank failed first; its error (or torchrun's summary) says why",
-            ) from e
-        raise
-    finally:
-        if world.parallel:
-            distributed.shutdown()
-
-
-def _train(
-    cfg: DictConfig,
-    t: TrainerConfig,
-    o: OptimConfig,
-    seed: int,
-    ckpt: dict[str, Any] | None,
-    world: distributed.World,
-    device: torch.device,
-    run_dir: str | Path | None,
-    resume: str | Path | None,
-) -> dict[str, float]:
-    per_rank_batch = distributed.check_batch_size(t.batch_size, world)
-    if run_dir is None:
-        run_dir = resolve_checkpoint(resume).parent.parent if resume else default_run_dir()
-    run_dir = Path(distributed.broadcast_object(str(run_dir), world))
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-
-    if t.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    seed_everything(seed)
-    if device.type == "cuda":
-        cuda_math(t.tf32)
-
-    data = build_data(cfg.dataset).to(device)
-    model = build_model(cfg.model, data.spec).to(device)
-    layout = memory_format(model, device, t.channels_last)
-    model = model.to(memory_format=layout)
-    # Sample-quality metrics (FID, KID, ...) are checked and their feature network loaded
-    # before the first step, so a missing classifier fails now rather than at the end.
-    mcfg = validate_metrics(cfg.get("metrics") or {})
-    check_best_metric(t.best_metric, mcfg)
-    quality = None
-    if mcfg.names and world.is_main:  # computed on rank 0, then shared
-        quality = SampleQuality(mcfg, mcfg.names, data, cfg.dataset.name, device)
-    sample_keys = {k for keys in GROUPS.values() for k in keys}
-    if ckpt is not None and ckpt["model"]["name"] != cfg.model.name:
-        raise CheckpointError(
-            f"cannot resume: the checkpoint is of model '{ckpt['model']['name']}', "
-            f"the config asks for '{cfg.model.name}'",
-            hint=f"resume with model={ckpt['model']['name']}",
-        )
-    # The EMA copy is taken before compiling: a compiled module's copy would still call the
-    # original's forward.
-    distributed.broadcast_module(model, world)
-    ema = EMA(model, t.ema_decay) if t.ema else None
-    if t.compile:
-        # In place, so parameter names (and checkpoints) are the same with and without compile.
-        for child in model.children():
-            child.compile()
-    optimizers = model.optimizers(o)
-    schedulers = {k: make_scheduler(v, o, t.max_steps) for k, v in optimizers.items()}
-    amp_dtype = AMP_DTYPES.get(t.precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "16")
-    batches = data.train_iter(t.batch_size, seed)
-    if world.parallel:
-        batches = distributed.ShardedBatches(batches, world)
-    step = 0
-    if ckpt is not None:
-        step = _restore(ckpt, model, ema, optimizers, schedulers, scaler, batches)
-
-    def state() -> dict[str, Any]:
-        return {
-            "model": {"name": model.cfg.name, "config": asdict(model.cfg)},
-            "dataset": {
-                "name": cfg.dataset.name,
-                "spec": data.spec.to_dict(),
-                "config": OmegaConf.to_container(cfg.dataset, resolve=True),
-            },
-            "step": step,
-            "model_state": model.state_dict(),
-            "ema": ema.state_dict() if ema else None,
-            "optimizers": {k: v.state_dict() for k, v in optimizers.items()},
-            "schedulers": {k: v.state_dict() for k, v in schedulers.items()},
-            "scaler": scaler.state_dict(),
-            "rng": rng_state(),
-            "data_state": batches.state_dict(),
-            "best": dict(best),
-            "config": OmegaConf.to_container(cfg, resolve=True),
-        }
-
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    if world.is_main:
-        (run_dir / "config.yaml").write_text(resolved)
-        log = RunLogger(run_dir, progress=t.progress, purge_step=step + 1 if step else None)
-    else:
-        log = QuietLogger(run_dir)
-    log.print(config_tree(OmegaConf.to_container(cfg, resolve=True), f"config → {run_dir}"))
-    if step:
-        log.print(f"[green]resumed from step {step}")
-    else:
-        log.text("config", resolved, 0)
-    eval_model = ema.model if ema else model
-    n_params = sum(p.numel() for p in model.parameters())
-    log.print(
-        f"model [bold]{model.cfg.name}[/] ({n_params / 1e6:.2f}M parameters) on {device}, "
-        f"precision {t.precision}"
-        + (f", {world.size} ranks × batch {per_rank_batch}" if world.parallel else "")
-    )
-
-    sums: dict[str, torch.Tensor] = {}
-    counted = 0
-    # gradient norms: every step when clipping, else only on the steps that are logged
-    norms: dict[str, list[torch.Tensor]] = {}
-    skipped = 0
-    speed = Throughput()
-    first_test = next(data.eval_iter(t.batch_size, 1))
-
-    def flush_logs() -> None:
-        """The loop's only host-device sync: averaged scalars → TensorBoard and the console."""
-        nonlocal counted, sums
-        if not counted:
-            return
-        means = [v / counted for v in sums.values()] + [
-            torch.stack(v).mean() for v in norms.values()
-        ]
-        stacked = distributed.mean_tensor(torch.stack(means), world)
-        values = dict(zip([*sums, *norms], stacked.tolist(), strict=True))
-        # Gradient norms are left out: with fp16 an inf norm is the GradScaler skipping a step.
-        bad = {
-            k: v for k, v in values.items() if not math.isfinite(v) and not k.endswith("grad_norm")
-        }
-        if bad and t.on_nonfinite == "stop":
-            terms = ", ".join(f"{k}={v}" for k, v in values.items())
-            raise TrainingError(
-                f"non-finite loss by step {step}: {terms}",
-                hint="the last good checkpoint is kept; lower optim.lr, set trainer.grad_clip, "
-                "or use trainer.on_nonfinite=skip",
-            )
-        values.update({f"lr/{k}": s.get_last_lr()[0] for k, s in schedulers.items()})
-        rate = speed.rate()
-        values["perf/samples_per_s"] = rate
-        if skipped:
-            values["train/skipped_steps"] = float(skipped)
-        log.scalars(values, step)
-        loss = next((v for k, v in values.items() if k.endswith("/loss")), float("nan"))
-        log.advance(step, loss=f"{loss:.4g}", rate=f"{rate:.0f}")
-        sums, counted = {}, 0
-        norms.clear()
-
-    def logs(at: int) -> bool:
-        """Whether the loop flushes its scalars after step `at`."""
-        return any(_every(at, e) for e in (t.log_every, t.eval_every, t.sample_every, t.ckpt_every))
-
-    def eager() -> contextlib.AbstractContextManager:
-        """Evaluation and sampling run uncompiled: their shapes and grad mode differ from the
-        training step's, and would each trigger recompilation."""
-        if t.compile and hasattr(torch.compiler, "set_stance"):
-            return torch.compiler.set_stance("force_eager")
-        return contextlib.nullcontext()
-
-    def log_samples() -> None:
-        if not model.generates or not world.is_main:
-            return
-        with isolated_rng(device), eager():
-            _log_samples(log, eval_model, data, t, seed, step, run_dir, first_test)
-
-    saved_step = step
-
-    def checkpoint(final: bool = False) -> None:
-        """Write step_N.pt + last.pt unless this step is already saved (a resumed start, or
-        a periodic save on the last step)."""
-        nonlocal saved_step
-        if step == saved_step or not world.is_main:
-            return
-        try:
-            save_rotating(state(), run_dir / "checkpoints", step, t.keep_checkpoints)
-            saved_step = step
-        except CheckpointError as e:
-            if final or stop.signum:
-                raise
-            # A periodic write that fails (disk full) must not end hours of training: the
-            # previous checkpoint is intact; say so and try again at the next interval.
-            log.print(f"[red]warning:[/] {e}")
-
-    # The best value so far of trainer.best_metric; carried in checkpoints so a resumed run
-    # only replaces best.pt with something better than what it already holds.
-    best: dict[str, Any] = dict(ckpt.get("best") or {}) if ckpt is not None else {}
-
-    def keep_best(m: dict[str, float]) -> None:
-        if not t.best_metric:
-            return
-        if t.best_metric not in m:
-            if t.best_metric in sample_keys:
-                return  # judged when the sample metrics are computed
-            raise ConfigError(
-                f"bad value for 'trainer.best_metric': '{t.best_metric}' is not a test metric "
-                f"of this model; choose from: {', '.join(m)}"
-            )
-        value = m[t.best_metric]
-        sign = 1.0 if t.best_mode == "min" else -1.0
-        if best and sign * value >= sign * best["value"]:
-            return
-        best.update(metric=t.best_metric, value=value, step=step)
-        if world.is_main:
-            save_checkpoint(state(), run_dir / "checkpoints" / "best.pt")
-        log.print(f"best.pt: {t.best_metric}={value:.5g} at step {step}")
-
-    def sample_quality() -> dict[str, float]:
-        """FID and friends from rank 0, the same figures on every rank."""
-        q = None
-        if quality is not None:
-            with isolated_rng(device), eager():
-                q = quality(eval_model, seed)
-        return distributed.broadcast_object(q, world)
-
-    stop = StopFlag()
-    log.start_progress(t.max_steps, step)
-    autocast = torch.autocast(
-        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-    )
-    try:
-        with stop.installed():
-            while step < t.max_steps:
-                batch = tuple(to_device(x, device, layout) for x in next(batches))
-                stages = model.training_step(batch, step)
-                skip = False
-                while True:
-                    with autocast:
-                        stage = next(stages, None)
-                    if stage is None:
-                        break
-                    if t.on_nonfinite == "skip" and not bool(torch.isfinite(stage.loss)):
-                        skip = True  # abandon the whole step: no half-updated GAN
-                        break
-                    norm = apply_stage(
-                        stage, optimizers, scaler, t.grad_clip, world, want_norm=logs(step + 1)
-                    )
-                    for k, v in stage.scalars.items():
-                        key = f"{stage.opt_name}/{k}"
-                        sums[key] = sums[key] + v.float() if key in sums else v.float()
-                    if norm is not None:
-                        norms.setdefault(f"{stage.opt_name}/grad_norm", []).append(norm.float())
-                scaler.update()
-                if skip:
-                    skipped += 1
-                    for opt in optimizers.values():
-                        opt.zero_grad(set_to_none=True)
-                else:
-                    for s in schedulers.values():
-                        s.step()
-                    if ema is not None:
-                        ema.update(model)
-                    counted += 1
-                step += 1
-                speed.add(t.batch_size)
-                if world.parallel:  # every rank stops after the same step
-                    stop.signum = distributed.any_rank(stop.signum, world)
-
-                if logs(step) or stop.signum:
-                    flush_logs()
-                else:
-                    log.advance(step)
-                if _every(step, t.eval_every) and step < t.max_steps:
-                    with isolated_rng(device), eager():
-                        m = evaluate(
-                            eval_model,
-                            data,
-                            batch_size=t.batch_size,
-                            max_batches=t.eval_batches,
-                            seed=seed,
-                            world=world,
-                        )
-                    log.scalars({f"test/{k}": v for k, v in m.items()}, step)
-                    keep_best(m)
-                if mcfg.names and _every(step, mcfg.every) and step < t.max_steps:
-                    q = sample_quality()
-                    log.scalars({f"test/{k}": v for k, v in q.items()}, step)
-                    keep_best(q)
-                if _every(step, t.sample_every) and step < t.max_steps:
-                    log_samples()
-                if _every(step, t.ckpt_every) or stop.signum:
-                    checkpoint()
-                if stop.signum:
-                    name = signal.Signals(stop.signum).name
-                    raise TrainingInterrupted(
-                        stop.signum,
-                        f"{name} received: stopped after step {step}, checkpoint written to "
-                        f"{run_dir / 'checkpoints' / 'last.pt'}",
-                        hint=f"continue with: aigc train resume={run_dir}",
-                    )
-
-            flush_logs()
-            log.stop_progress()
-            with isolated_rng(device), eager():
-                metrics = evaluate(
-                    eval_model,
-                    data,
-                    batch_size=max(t.batch_size, 256),
-                    num_samples=t.eval_samples if _has_sample_metrics(data) else 0,
-                    seed=seed,
-                    world=world,
-                )
-            if mcfg.names:
-                metrics.update(sample_quality())
-            log_samples()
-            checkpoint(final=True)
-            keep_best(metrics)
-    except torch.OutOfMemoryError as e:
-        raise TrainingError(
-            f"out of memory on {device} at trainer.batch_size={t.batch_size}",
-            hint="use a smaller trainer.batch_size or a smaller model",
-        ) from e
-    finally:
-        log.stop_progress()
-
-    final = {f"test/{k}": v for k, v in metrics.items()}
-    log.scalars(final, step)
-    hp = {
-        k: v
-        for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
-        if k.split(".")[0] in ("model", "dataset", "optim", "trainer", "seed")
-    }
-    log.hparams(hp, final, step)
-    log.close()
-    notes = {**model.describe_metrics({}), **(quality.describe() if quality else {})}
-    methods = {f"test/{k}": v for k, v in notes.items()}
-    record = {"step": step, **final, "methods": methods}
-    if world.is_main:
-        (run_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
-    log.summary(
-        final,
-        {
-            "run dir": str(run_dir),
-            "sample": f"aigc sample run={run_dir}",
-            "view": f"tensorboard --logdir {run_dir.parent}",
-        },
-    )
-    return final
-
-
-def _has_sample_metrics(data: Any) -> bool:
-    from aigc_cli.data.base import DataModule
-
-    return type(data).sample_metrics is not DataModule.sample_metrics
-
-
-def _restore(ckpt: dict[str, Any], model, ema, optimizers, schedulers, scaler, batches) -> int:
-    try:
-        model.load_state_dict(ckpt["model_state"])
-        if ema is not None and ckpt.get("ema"):
-            ema.load_state_dict(ckpt["ema"])
-        for k, opt in optimizers.items():
-            opt.load_state_dict(ckpt["optimizers"][k])
-        for k, s in schedulers.items():
-            s.load_state_dict(ckpt["schedulers"][k])
-        scaler.load_state_dict(ckpt["scaler"])
-        batches.load_state_dict(ckpt["data_state"])
-        set_rng_state(ckpt["rng"])
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(
-            f"cannot resume from this checkpoint: {str(e).splitlines()[0][:120]}",
-            hint="resume with the same model and dataset settings the run was started with",
-        ) from e
-    return int(ckpt["step"])
-
-
-def _log_samples(
-    log: RunLogger, model, data, t: TrainerConfig, seed: int, step: int, run_dir: Path, first_test
-) -> None:
-    """Samples from a fixed seed, so grids are comparable across steps."""
-    g = torch.Generator().manual_seed(seed)
-    samples_dir = run_dir / "samples"
-    if data.spec.kind == "text":
-        out = model.sample(2, generator=g, max_new_tokens=300)
-    else:
-        out = model.sample(t.num_samples, generator=g)
-    if isinstance(out, list):  # text
-        text = "\n\n---\n\n".join(out)
-        log.text("samples", text, step)
-        samples_dir.mkdir(parents=True, exist_ok=True)
-        (samples_dir / f"step_{step:06d}.txt").write_text(text + "\n")
-    elif data.spec.kind == "points":
-        real = data.test[0][: t.num_samples * 4]
-        img = scatter_image(real, out, data.spec.extra.get("extent", 0.0))
-        log.image("samples", img, step)
-        save_grid(img.unsqueeze(0), samples_dir / f"step_{step:06d}.png", nrow=1)
-    else:
-        nrow = getattr(model, "grid_nrow", 0) or 8
-        grid = save_grid(out, samples_dir / f"step_{step:06d}.png", nrow=nrow)
-        log.image("samples", grid, step)
-        batch = tuple(x.to(model.device) for x in first_test)
-        for name, images in model.log_images(batch).items():
-            log.image(name, to_grid(images), step)

@@ -240,4 +240,4 @@ def test_resume_errors(run_main, tiny_run):
     code, _, err = run_main("train", "resume=latest")  # run_main's cwd has no outputs/
     assert code == 2 and "no trained run found" in err and "Traceback" not in err
     code, _, err = run_main("train", f"resume={tiny_run}", "model=gan")
-    assert code == 2 and "cannot change 'model' when resuming" in err, err
+    assert code == 2 and "cannot change 'model' from 'vae' to 'gan' when resuming" in err, err

@@ -64,7 +64,7 @@ def test_model_dataset_mismatch(make_cfg):
 
 
 @pytest.mark.parametrize(
-    "preset", sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+    "preset", sorted(p.stem for p in (REPO / "aigc_cli" / "configs" / "experiment").glob("*.yaml"))
 )
 def test_every_experiment_preset_composes_and_validates(preset):
     """A preset is what users copy from the README: it must compose over the defaults and pass

@@ -54,12 +54,19 @@ def test_global_batch_must_split_evenly():
         distributed.check_batch_size(8, World(0, 3))
 
 
-def test_noise_helpers_match_torch_in_one_process():
+def test_noise_matches_torch_in_one_process_and_slices_the_global_draw():
+    from aigc_cli.noise import Noise
+
     x = torch.empty(5, 3)
     torch.manual_seed(0)
-    a = distributed.randn_like(x)
+    a = Noise().randn_like(x)
     torch.manual_seed(0)
     assert torch.equal(a, torch.randn_like(x))
+    torch.manual_seed(0)
+    full = torch.randn(10, 3)
+    for rank in range(2):
+        torch.manual_seed(0)
+        assert torch.equal(Noise(rank, 2).randn_like(x), full[rank * 5 : (rank + 1) * 5])
 
 
 def test_sweep_inside_torchrun_is_refused(tmp_path):

@@ -16,7 +16,9 @@ import torch
 from aigc_cli.checkpoint import load_checkpoint
 from aigc_cli.errors import ConfigError, TrainingError
 from aigc_cli.models.vae import VAE
-from aigc_cli.train import StopFlag, TrainingInterrupted, train
+from aigc_cli.noise import LOCAL
+from aigc_cli.signals import StopFlag, TrainingInterrupted
+from aigc_cli.train import train
 
 from .conftest import read_scalars, tiny_overrides
 
@@ -25,10 +27,10 @@ def _poison(monkeypatch, bad_steps: set[int], error: BaseException | None = None
     """Make the VAE's loss NaN (or raise `error`) at the given steps."""
     original = VAE.training_step
 
-    def training_step(self, batch, step):
+    def training_step(self, batch, step, noise=LOCAL):
         if step in bad_steps and error is not None:
             raise error
-        for stage in original(self, batch, step):
+        for stage in original(self, batch, step, noise):
             if step in bad_steps:
                 stage.loss = stage.loss * float("nan")
                 stage.scalars["loss"] = stage.loss.detach()
@@ -99,10 +101,10 @@ def test_sigterm_checkpoints_then_resume_matches_uninterrupted(make_cfg, tmp_pat
 
     original = VAE.training_step
 
-    def training_step(self, batch, step):
+    def training_step(self, batch, step, noise=LOCAL):
         if step == 2:  # arrives during step 3; the loop finishes it, then stops
             os.kill(os.getpid(), signal.SIGTERM)
-        yield from original(self, batch, step)
+        yield from original(self, batch, step, noise)
 
     monkeypatch.setattr(VAE, "training_step", training_step)
     part = tmp_path / "part"

@@ -9,7 +9,8 @@ from aigc_cli.config import OptimConfig
 from aigc_cli.data.base import DataSpec
 from aigc_cli.errors import ConfigError
 from aigc_cli.models.gan import GAN, gradient_penalty, pack_samples
-from aigc_cli.train import apply_stage, train
+from aigc_cli.step import Optimization, apply_stage
+from aigc_cli.train import train
 
 from .conftest import read_scalars
 
@@ -127,19 +128,20 @@ def test_each_stage_changes_only_its_network():
     model = _gan()
     opts = model.optimizers(OptimConfig(lr=1e-2))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
+    opt = Optimization(opts, {}, scaler, None, "cpu")
     batch = (torch.rand(6, 3, 32, 32), torch.randint(0, 3, (6,)))
     stages = model.training_step(batch, 0)
     params = lambda: {k: v.detach().clone() for k, v in model.named_parameters()}  # noqa: E731
     before = params()
     d_stage = next(stages)
     assert d_stage.opt_name == "disc"
-    apply_stage(d_stage, opts, scaler, 0.0)
+    apply_stage(d_stage, opt)
     after_d = params()
     changed = {k for k in before if not torch.equal(before[k], after_d[k])}
     assert changed and all(k.startswith("discriminator.") for k in changed)
     g_stage = next(stages)
     assert g_stage.opt_name == "gen"
-    apply_stage(g_stage, opts, scaler, 0.0)
+    apply_stage(g_stage, opt)
     after_g = params()
     changed = {k for k in after_d if not torch.equal(after_d[k], after_g[k])}
     assert changed and all(k.startswith("generator.") for k in changed)

@@ -25,7 +25,7 @@ def test_grad_norm_logged_is_the_logged_steps_own(make_cfg, tmp_path):
 
 
 def test_total_norm_matches_clip_grad_norm_and_leaves_grads_alone():
-    from aigc_cli.train import total_norm
+    from aigc_cli.step import total_norm
 
     torch.manual_seed(0)
     grads = [torch.randn(3, 4), torch.randn(5)]

@@ -71,6 +71,16 @@ class DataModule:
         return {}
 
 
+# Dataset settings that name places on disk or the network. `aigc eval` takes them from the
+# user's command and the package's dataset YAML, never from a checkpoint being loaded.
+PATH_KEYS = ("root", "path", "download")
+
+
+def has_sample_metrics(data: DataModule) -> bool:
+    """Whether the dataset defines metrics of generated samples (the loop then samples)."""
+    return type(data).sample_metrics is not DataModule.sample_metrics
+
+
 def check_batch_size(batch_size: int, n: int) -> None:
     """A batch must fit in the training split; said as a config error, before any step."""
     if batch_size > n:

@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 from aigc_cli.config import OptimConfig
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.errors import ConfigError
+from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
 
 
@@ -33,6 +34,8 @@ class GenerativeModel(nn.Module):
     data_kinds: tuple[str, ...] = ("image",)
     #: False for helper models (the classifier): the loop logs no samples for them
     generates: bool = True
+    #: children the EMA averages (empty = all); the others track the live weights
+    ema_networks: tuple[str, ...] = ()
 
     def __init__(self, cfg: Any, data: DataSpec) -> None:
         super().__init__()
@@ -48,8 +51,14 @@ class GenerativeModel(nn.Module):
         """Named optimizers; one per stage name that training_step yields."""
         return {"model": make_optimizer(self.parameters(), optim)}
 
-    def training_step(self, batch: Batch, step: int) -> Iterator[Stage]:
+    def training_step(self, batch: Batch, step: int, noise: Noise = LOCAL) -> Iterator[Stage]:
+        """The stages of one step. Per-sample random draws go through `noise`, which the loop
+        hands over so that every sample gets the same noise however many ranks share the batch."""
         raise NotImplementedError
+
+    def uncompiled(self) -> dict[str, str]:
+        """Children that `trainer.compile` must leave eager, each with the reason."""
+        return {}
 
     @torch.no_grad()
     def evaluate(self, batch: Batch, **options: Any) -> dict[str, Tensor]:

@@ -17,7 +17,8 @@ from aigc_cli.config import check
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.errors import ConfigError
 from aigc_cli.models.base import GenerativeModel, Stage
-from aigc_cli.models.vae import conv_levels, level_channels
+from aigc_cli.models.nets import conv_levels, level_channels
+from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.registry import MODELS
 
 
@@ -76,7 +77,7 @@ class Classifier(GenerativeModel):
     def logits(self, x: Tensor) -> Tensor:
         return self.head(self.features(x)).float()
 
-    def training_step(self, batch: Batch, step: int) -> Iterator[Stage]:
+    def training_step(self, batch: Batch, step: int, noise: Noise = LOCAL) -> Iterator[Stage]:
         x, y = batch[0], batch[1].long()
         logits = self.logits(x)
         loss = F.cross_entropy(logits, y)

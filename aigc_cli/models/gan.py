@@ -16,11 +16,11 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 from torch.optim import Optimizer
 
-from aigc_cli import distributed
 from aigc_cli.config import OptimConfig, check
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.models.base import GenerativeModel, Stage
-from aigc_cli.models.vae import conv_levels, level_channels
+from aigc_cli.models.nets import conv_levels, level_channels, mlp
+from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
 from aigc_cli.registry import MODELS
 
@@ -77,18 +77,6 @@ class ConvDiscriminator(nn.Module):
         return self.net(x).flatten(1)
 
 
-def mlp(
-    sizes: list[int], act: nn.Module, sn: bool = False, last_act: bool = False
-) -> nn.Sequential:
-    wrap = _sn if sn else (lambda m: m)
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(wrap(nn.Linear(sizes[i], sizes[i + 1])))
-        if i < len(sizes) - 2 or last_act:
-            layers.append(act)
-    return nn.Sequential(*layers)
-
-
 class Generator(nn.Module):
     def __init__(self, body: nn.Module, z_dim: int, num_classes: int) -> None:
         super().__init__()
@@ -131,12 +119,17 @@ class Discriminator(nn.Module):
 
 
 def gradient_penalty(
-    disc: nn.Module, real: Tensor, fake: Tensor, y: Tensor | None, eps: Tensor | None = None
+    disc: nn.Module,
+    real: Tensor,
+    fake: Tensor,
+    y: Tensor | None,
+    eps: Tensor | None = None,
+    noise: Noise = LOCAL,
 ) -> Tensor:
     """WGAN-GP: E[(||∇_x̂ D(x̂)||₂ − 1)²] at x̂ = ε·real + (1−ε)·fake, ε ~ U(0, 1) per sample.
     The norm is over all of a sample's dimensions (not per pixel, and not over the batch)."""
     if eps is None:
-        eps = distributed.rand_like(real.new_empty(real.shape[0], *([1] * (real.dim() - 1))))
+        eps = noise.rand_like(real.new_empty(real.shape[0], *([1] * (real.dim() - 1))))
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
     out = disc(x_hat, y)
     (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
@@ -159,6 +152,7 @@ class GAN(GenerativeModel):
     """DCGAN / MLP GAN: non-saturating, hinge or WGAN-GP loss; EMA, conditional, spectral norm."""
 
     data_kinds = ("image", "points")
+    ema_networks = ("generator",)  # D is judged (test/d_real, d_fake) as it trained
 
     @dataclass
     class Config:
@@ -242,7 +236,17 @@ class GAN(GenerativeModel):
             "gen": make_optimizer(self.generator.parameters(), optim),
         }
 
-    def d_loss(self, real: Tensor, fake: Tensor, y: Tensor | None) -> tuple[Tensor, dict]:
+    def uncompiled(self) -> dict[str, str]:
+        if self.cfg.loss == "wgan_gp" or self.cfg.r1_weight > 0:
+            return {
+                "discriminator": "WGAN-GP and R1 take gradients of gradients, which "
+                "torch.compile does not support"
+            }
+        return {}
+
+    def d_loss(
+        self, real: Tensor, fake: Tensor, y: Tensor | None, noise: Noise = LOCAL
+    ) -> tuple[Tensor, dict]:
         r1 = self.cfg.r1_weight > 0 and torch.is_grad_enabled()
         if r1:
             real = real.detach().requires_grad_(True)
@@ -254,7 +258,9 @@ class GAN(GenerativeModel):
             loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
         else:
             with torch.autocast(real.device.type, enabled=False):  # second-order grads in fp32
-                gp = gradient_penalty(self.discriminator, real.float(), fake.float(), y)
+                gp = gradient_penalty(
+                    self.discriminator, real.float(), fake.float(), y, noise=noise
+                )
             loss = d_fake.mean() - d_real.mean() + self.cfg.gp_weight * gp
             scalars["gp"] = gp.detach()
         if r1:
@@ -271,12 +277,12 @@ class GAN(GenerativeModel):
             return F.softplus(-d_fake).mean()
         return -d_fake.mean()
 
-    def training_step(self, batch: Batch, step: int) -> Iterator[Stage]:
+    def training_step(self, batch: Batch, step: int, noise: Noise = LOCAL) -> Iterator[Stage]:
         real = self._to_model(batch[0])
         y = self._labels(batch)
-        z = distributed.randn_like(real.new_empty(real.shape[0], self.cfg.latent_dim))
+        z = noise.randn_like(real.new_empty(real.shape[0], self.cfg.latent_dim))
         fake = self.generator(z, y)
-        loss, scalars = self.d_loss(real, fake.detach(), y)
+        loss, scalars = self.d_loss(real, fake.detach(), y, noise)
         yield Stage("disc", loss, {"loss": loss.detach(), **scalars})
         if (step + 1) % self.cfg.n_critic == 0:
             # D has just been updated: score the same fakes again through the new D.

@@ -22,6 +22,7 @@ from aigc_cli.data.text import tokenizer_from_dict
 from aigc_cli.errors import DataError
 from aigc_cli.models.base import GenerativeModel, Stage
 from aigc_cli.models.pixels import PixelCodec
+from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
 from aigc_cli.registry import MODELS
 
@@ -190,7 +191,7 @@ class Transformer(GenerativeModel):
         start = torch.full_like(tokens[:, :1], self.pixels.vocab_size)
         return torch.cat([start, tokens[:, :-1]], dim=1), tokens
 
-    def training_step(self, batch: Batch, step: int) -> Iterator[Stage]:
+    def training_step(self, batch: Batch, step: int, noise: Noise = LOCAL) -> Iterator[Stage]:
         x, y = self._inputs_targets(batch)
         logits = self.gpt(x)  # (B, T, vocab)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())

@@ -10,90 +10,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from aigc_cli import distributed
 from aigc_cli.config import check
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.models.base import GenerativeModel, Stage
+from aigc_cli.models.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.registry import MODELS
-
-
-def conv_levels(image_size: int) -> tuple[int, int]:
-    """Number of stride-2 levels that bring `image_size` down to at most 4, and the size there."""
-    check(8 <= image_size <= 256, "dataset.image_size", f"{image_size}: the conv nets take 8..256")
-    levels = max(1, math.ceil(math.log2(image_size / 4)))
-    return levels, math.ceil(image_size / 2**levels)
-
-
-def level_channels(base: int, levels: int, cap: int) -> list[int]:
-    return [min(base * 2**i, cap) for i in range(levels + 1)]
-
-
-class ConvEncoder(nn.Module):
-    """(B, C, S, S) → (B, out_dim) through `levels` stride-2 convolutions."""
-
-    def __init__(self, in_ch: int, image_size: int, base: int, cap: int, out_dim: int) -> None:
-        super().__init__()
-        levels, self.final = conv_levels(image_size)
-        ch = level_channels(base, levels, cap)
-        layers: list[nn.Module] = [nn.Conv2d(in_ch, ch[0], 3, padding=1), nn.SiLU()]
-        for i in range(levels):
-            # kernel 3, stride 2, padding 1 halves the size rounding up: 28 → 14 → 7 → 4
-            layers += [nn.Conv2d(ch[i], ch[i + 1], 3, stride=2, padding=1), nn.SiLU()]
-        self.net = nn.Sequential(*layers)
-        self.head = nn.Linear(ch[-1] * self.final**2, out_dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.net(x).flatten(1))
-
-
-class ConvDecoder(nn.Module):
-    """(B, in_dim) → (B, C, S, S): upsample from the encoder's final size, crop to S."""
-
-    def __init__(self, in_dim: int, out_ch: int, image_size: int, base: int, cap: int) -> None:
-        super().__init__()
-        levels, self.start = conv_levels(image_size)
-        ch = level_channels(base, levels, cap)[::-1]
-        self.image_size = image_size
-        self.ch0 = ch[0]
-        self.fc = nn.Linear(in_dim, ch[0] * self.start**2)
-        layers: list[nn.Module] = [nn.SiLU()]
-        for i in range(levels):
-            layers += [nn.ConvTranspose2d(ch[i], ch[i + 1], 4, stride=2, padding=1), nn.SiLU()]
-        layers.append(nn.Conv2d(ch[-1], out_ch, 3, padding=1))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, z: Tensor) -> Tensor:
-        h = self.fc(z).view(-1, self.ch0, self.start, self.start)  # (B, ch0, s0, s0)
-        out = self.net(h)  # (B, C, s0 * 2^levels, same)
-        off = (out.shape[-1] - self.image_size) // 2
-        return out[..., off : off + self.image_size, off : off + self.image_size]
-
-
-class MLPEncoder(nn.Module):
-    """(B, C, H, W) → (B, out_dim): flatten, one hidden ReLU layer (Kingma & Welling's MLP)."""
-
-    def __init__(self, dims: int, hidden: int, out_dim: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dims, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x.flatten(1))
-
-
-class MLPDecoder(nn.Module):
-    """(B, in_dim) → (B, C, H, W)."""
-
-    def __init__(self, in_dim: int, hidden: int, shape: list[int]) -> None:
-        super().__init__()
-        self.shape = list(shape)
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, math.prod(shape))
-        )
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.net(z).view(-1, *self.shape)
 
 
 @MODELS.register("vae")
@@ -109,7 +33,9 @@ class VAE(GenerativeModel):
         base_channels: int = 16  # channels after the stem; doubled at each stride-2 level
         max_channels: int = 128  # cap on the doubling
         beta: float = 1.0  # weight of the KL term in the training loss (eval always uses 1)
-        likelihood: str = "gaussian"  # gaussian (fixed sigma) | bernoulli (binary data)
+        # gaussian (fixed sigma, density on [0, 1] pixels) | bernoulli (on binarised pixels:
+        # each grey level is the probability of a 1, drawn anew each step and once per eval seed)
+        likelihood: str = "gaussian"
         # std of the Gaussian decoder in [0, 1] pixel units; smaller = sharper reconstructions
         # but a weaker KL pull, so prior samples get patchier
         sigma: float = 0.3
@@ -150,15 +76,23 @@ class VAE(GenerativeModel):
         out = self.decode(z)
         return out if self.cfg.likelihood == "gaussian" else torch.sigmoid(out)
 
-    def terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def terms(self, x: Tensor, noise: Noise = LOCAL) -> tuple[Tensor, Tensor]:
         """Per-image reconstruction NLL and KL(q(z|x) || N(0, I)), both in nats: (B,), (B,)."""
         mu, logvar = self.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * distributed.randn_like(mu)
+        z = mu + torch.exp(0.5 * logvar) * noise.randn_like(mu)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
         return -self.log_likelihood(x, self.decode(z)), kl.sum(1)
 
-    def training_step(self, batch: Batch, step: int) -> Iterator[Stage]:
-        recon, kl = self.terms(batch[0])
+    def observe(self, x: Tensor, noise: Noise = LOCAL) -> Tensor:
+        """The data the likelihood scores. A Bernoulli likelihood is a normalised density of
+        binary images only, so grey levels are binarised (x ~ Bernoulli(grey level), the usual
+        stochastic binarisation of MNIST); binary data passes through unchanged."""
+        if self.cfg.likelihood != "bernoulli":
+            return x
+        return (noise.rand_like(x.float()) < x.float()).to(x.dtype)
+
+    def training_step(self, batch: Batch, step: int, noise: Noise = LOCAL) -> Iterator[Stage]:
+        recon, kl = self.terms(self.observe(batch[0], noise), noise)
         loss = (recon + self.cfg.beta * kl).mean()
         yield Stage(
             "model",
@@ -204,7 +138,7 @@ class VAE(GenerativeModel):
 
     @torch.no_grad()
     def evaluate(self, batch: Batch, **options: Any) -> dict[str, Tensor]:
-        x = batch[0]
+        x = self.observe(batch[0])  # one binarisation for every figure of this batch
         recon, kl = self.terms(x)
         n = torch.tensor(float(recon.shape[0]), device=recon.device)
         out = {"nelbo": (recon + kl).sum(), "recon": recon.sum(), "kl": kl.sum(), "n": n}
@@ -233,6 +167,13 @@ class VAE(GenerativeModel):
         }
         if self.cfg.likelihood == "gaussian":
             notes["bits_per_dim"] += " + 8 (density on [0,1] scored as 256-level pixels)"
+        else:
+            binarised = (
+                "on the test images binarised stochastically (each pixel 1 with probability "
+                "its grey level, drawn from the eval seed): a bound on -log p of binarised "
+                "images, not comparable with figures on grey levels"
+            )
+            notes = {k: f"{v}, {binarised}" for k, v in notes.items()}
         if options.get("iwae_k"):
             notes["iwae_nll"] = (
                 f"importance-weighted bound on -log p(x) (Burda et al. 2016), "

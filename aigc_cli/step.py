@@ -1,0 +1,162 @@
+"""One optimizer step of any model: its stages → backward (AMP-scaled) → average over ranks →
+clip → optimizer step; then the schedules. The loop calls `train_step` and nothing else per
+step, so every family gets the same mechanics, including what a non-finite loss does."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from aigc_cli import distributed
+from aigc_cli.data.base import Batch
+from aigc_cli.models.base import GenerativeModel, Stage
+from aigc_cli.noise import Noise
+
+
+@dataclass
+class Optimization:
+    """Everything a step updates besides the model: explicit state, built once per run."""
+
+    optimizers: dict[str, Optimizer]
+    schedulers: dict[str, LRScheduler]
+    scaler: torch.amp.GradScaler
+    autocast_dtype: torch.dtype | None  # bf16 / fp16 autocast, or None for fp32
+    device_type: str
+    grad_clip: float = 0.0
+    skip_nonfinite: bool = False  # trainer.on_nonfinite=skip
+    world: distributed.World = field(default_factory=distributed.World)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+
+
+@dataclass
+class StepResult:
+    skipped: bool  # a stage's loss was non-finite: nothing was updated
+    scalars: dict[str, Tensor]  # "<opt_name>/<key>" → value, only of the stages that ran
+    norms: dict[str, Tensor]  # "<opt_name>/grad_norm" → gradient norm (when asked for)
+
+
+def train_step(
+    model: GenerativeModel,
+    batch: Batch,
+    step: int,
+    opt: Optimization,
+    noise: Noise,
+    want_norm: bool = False,
+) -> StepResult:
+    """Run the model's stages for one batch. Under `skip_nonfinite`, a non-finite loss in any
+    stage (on any rank: the ranks decide together) undoes the stages already applied in this
+    step (a GAN's D update when G's loss is bad), so a skipped step changes no weight and no
+    optimizer state; the schedules still advance, being functions of the loop's step."""
+    stages = model.training_step(batch, step, noise)
+    undo: list[tuple[Optimizer, dict[str, Any], list[Tensor]]] = []
+    scalars: dict[str, Tensor] = {}
+    norms: dict[str, Tensor] = {}
+    stepped = skipped = False
+    while True:
+        with opt.autocast():
+            stage = next(stages, None)
+        if stage is None:
+            break
+        if opt.skip_nonfinite and not distributed.all_finite(stage.loss, opt.world):
+            skipped = True
+            break
+        if opt.skip_nonfinite and len(opt.optimizers) > 1:
+            undo.append(snapshot(opt.optimizers[stage.opt_name]))
+        norm = apply_stage(stage, opt, want_norm)
+        stepped = True
+        for k, v in stage.scalars.items():
+            scalars[f"{stage.opt_name}/{k}"] = v.float()
+        if norm is not None:
+            norms[f"{stage.opt_name}/grad_norm"] = norm.float()
+    stages.close()
+    if stepped:  # the GradScaler's inf checks of this step's optimizers
+        opt.scaler.update()
+    if skipped:
+        for optimizer, state, saved in reversed(undo):
+            restore(optimizer, state, saved)
+        for o in opt.optimizers.values():
+            o.zero_grad(set_to_none=True)
+        scalars, norms = {}, {}
+    for s in opt.schedulers.values():
+        s.step()
+    return StepResult(skipped, scalars, norms)
+
+
+def apply_stage(stage: Stage, opt: Optimization, want_norm: bool = True) -> Tensor | None:
+    """backward → (average over ranks) → unscale → clip → step for one stage; returns the
+    gradient norm (a tensor, so reading it costs no sync), or None when there is no clipping
+    and `want_norm` is false: the norm is a full pass over the gradients, so the loop asks for
+    it only on steps it logs. Only `optimizers[stage.opt_name]` steps: a GAN's generator stage
+    leaves the discriminator's weights alone even though gradients reach them."""
+    optimizer = opt.optimizers[stage.opt_name]
+    optimizer.zero_grad(set_to_none=True)
+    opt.scaler.scale(stage.loss).backward()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    # Before clipping, so the clip sees the global batch's gradient.
+    distributed.average_gradients(params, opt.world)
+    opt.scaler.unscale_(optimizer)
+    norm = None
+    if opt.grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, opt.grad_clip, foreach=True)
+    elif want_norm:
+        norm = total_norm([p.grad for p in params if p.grad is not None])
+    opt.scaler.step(optimizer)
+    return norm
+
+
+def snapshot(optimizer: Optimizer) -> tuple[Optimizer, dict[str, Any], list[Tensor]]:
+    """A copy of an optimizer's state and parameters, to undo its step."""
+    params = [p.detach().clone() for g in optimizer.param_groups for p in g["params"]]
+    return optimizer, copy.deepcopy(optimizer.state_dict()), params
+
+
+@torch.no_grad()
+def restore(optimizer: Optimizer, state: dict[str, Any], saved: list[Tensor]) -> None:
+    live = [p for g in optimizer.param_groups for p in g["params"]]
+    for p, s in zip(live, saved, strict=True):
+        p.copy_(s)
+    optimizer.load_state_dict(state)
+
+
+def total_norm(grads: list[Tensor]) -> Tensor:
+    """The global L2 norm of `grads` without touching them (clip_grad_norm_ with an infinite
+    limit would also rescale every gradient by 1)."""
+    if not grads:
+        return torch.zeros(())
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+        return torch.nn.utils.get_total_norm(grads, foreach=True)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+class Tally:
+    """Logged scalars summed between flushes, each with its own count: a GAN's generator with
+    n_critic > 1 reports on one step in n_critic, and its mean is over those steps only."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, values: dict[str, Tensor]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self) -> dict[str, Tensor]:
+        return {k: v / self.counts[k] for k, v in self.sums.items()}
+
+    def clear(self) -> None:
+        self.sums, self.counts = {}, {}
+
+    def __bool__(self) -> bool:
+        return bool(self.sums)
