@@ -141,7 +141,23 @@ def _quoted_prompt(arg: str) -> str:
     value = arg.split("=", 1)[1]
     if value[:1] in ("'", '"') and value[-1:] == value[:1] and len(value) > 1:
         return arg  # quoted by the user already
-    return "prompt='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return "prompt='" + _escape_quoted(value) + "'"
+
+
+def _escape_quoted(value: str) -> str:
+    """Hydra's quoted-string rule: a backslash escapes only a quote or the backslashes before
+    one, so quotes get one and the backslashes before a quote (or the end) are doubled."""
+    out, run = [], 0
+    for ch in value:
+        if ch == "\\":
+            run += 1
+            continue
+        if ch == "'":
+            out.append("\\" * (2 * run) + "\\'")
+        else:
+            out.append("\\" * run + ch)
+        run = 0
+    return "".join(out) + "\\" * (2 * run)
 
 
 def _eval_dataset(arg: str) -> str:

@@ -35,6 +35,7 @@ class TrainerConfig:
     ema: bool = False  # keep an exponential moving average of the weights for eval and sampling
     ema_decay: float = 0.999  # EMA decay (warmed up from 0 over the first steps)
     compile: bool = False  # torch.compile the model's networks
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: quick, for debugging)
     channels_last: bool | None = None  # NHWC layout for conv nets; null = on CUDA only
     tf32: bool = True  # CUDA: TF32 matmuls and convolutions; false = full fp32 precision
     threads: int = 0  # CPU threads for torch; 0 = leave torch's default

@@ -58,6 +58,9 @@ def train_step(
     stage (on any rank: the ranks decide together) undoes the stages already applied in this
     step (a GAN's D update when G's loss is bad), so a skipped step changes no weight and no
     optimizer state; the schedules still advance, being functions of the loop's step."""
+    # Buffers (BatchNorm's running statistics) move in the forward pass, before a bad loss is
+    # seen; they are small, so a step that may be skipped keeps a copy.
+    buffers = [b.detach().clone() for b in model.buffers()] if opt.skip_nonfinite else []
     stages = model.training_step(batch, step, noise)
     undo: list[tuple[Optimizer, dict[str, Any], list[Tensor]]] = []
     scalars: dict[str, Tensor] = {}
@@ -85,6 +88,9 @@ def train_step(
     if skipped:
         for optimizer, state, saved in reversed(undo):
             restore(optimizer, state, saved)
+        with torch.no_grad():
+            for b, saved_b in zip(model.buffers(), buffers, strict=True):
+                b.copy_(saved_b)
         for o in opt.optimizers.values():
             o.zero_grad(set_to_none=True)
         scalars, norms = {}, {}

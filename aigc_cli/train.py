@@ -283,21 +283,21 @@ def setup(
     # The EMA copy is taken before compiling: a compiled module's copy would still call the
     # original's forward.
     ema = EMA(model, t.ema_decay, model.ema_networks) if t.ema else None
-    notes += compile_model(model, t.compile)
+    notes += compile_model(model, t.compile, t.compile_backend)
     opt = make_optimization(model, t, o, device, world)
     batches = data.train_iter(t.batch_size, int(cfg.get("seed", 0)))
     if world.parallel:
         batches = distributed.ShardedBatches(batches, world)
-    log = open_logger(cfg, t, run_dir, world, ckpt)
-    run = Run(cfg, t, world, device, run_dir, data, model, ema, opt, batches, layout, log,
-              mcfg, quality, dict(choices))  # fmt: skip
+    run = Run(cfg, t, world, device, run_dir, data, model, ema, opt, batches, layout,
+              QuietLogger(run_dir), mcfg, quality, dict(choices))  # fmt: skip
     if ckpt is not None:
         changes = restore(ckpt, run.model, run.ema, run.opt, run.batches, cfg)
         run.step = run.saved_step = int(ckpt["step"])
         run.best = dict(ckpt.get("best") or {})
         run.choices = {**(ckpt.get("choices") or {}), **run.choices}
         notes += [f"resumed from step {run.step}", *changes]
-    check_metric_name(run)
+    check_metric_name(run)  # before anything is written
+    run.log = open_logger(cfg, t, run_dir, world, ckpt)
     describe(run, notes)
     return run
 
@@ -322,7 +322,7 @@ def prepare_model(model: GenerativeModel, t: TrainerConfig, world: distributed.W
     return []
 
 
-def compile_model(model: GenerativeModel, enabled: bool) -> list[str]:
+def compile_model(model: GenerativeModel, enabled: bool, backend: str = "inductor") -> list[str]:
     """torch.compile each network in place (parameter names, and so checkpoints, are the same
     with and without compile), except those the model says cannot be compiled."""
     if not enabled:
@@ -330,7 +330,7 @@ def compile_model(model: GenerativeModel, enabled: bool) -> list[str]:
     skip = model.uncompiled()
     for name, child in model.named_children():
         if name not in skip:
-            child.compile()
+            child.compile(backend=backend)
     return [f"compile: {name} left eager ({why})" for name, why in skip.items()]
 
 

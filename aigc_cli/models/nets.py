@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
@@ -98,3 +100,151 @@ def mlp(
         if i < len(sizes) - 2 or last_act:
             layers.append(act)
     return nn.Sequential(*layers)
+
+
+# ---- denoising networks (diffusion, flow matching) -----------------------------------------
+
+
+def timestep_embedding(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal features of (B,) times (Vaswani et al.; DDPM): (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    return torch.cat([args.sin(), args.cos()], dim=1)
+
+
+class TimeEmbedding(nn.Module):
+    """(B,) times (and optional labels; the last index means "no label", for classifier-free
+    guidance) → (B, dim) conditioning vector."""
+
+    def __init__(self, dim: int, num_classes: int = 0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * 4), nn.SiLU(), nn.Linear(dim * 4, dim * 4))
+        self.label = nn.Embedding(num_classes + 1, dim * 4) if num_classes else None
+
+    def forward(self, t: Tensor, y: Tensor | None = None) -> Tensor:
+        emb = self.mlp(timestep_embedding(t, self.dim))
+        if self.label is not None and y is not None:
+            emb = emb + self.label(y)
+        return emb
+
+
+class ResBlock(nn.Module):
+    """GroupNorm → SiLU → conv, plus the conditioning vector, → GroupNorm → SiLU → dropout →
+    conv, with a residual connection (the DDPM/ADM block)."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(_groups(cin), cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, cout)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.drop, self.conv2 = nn.Dropout(dropout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(F.silu(emb))[:, :, None, None]  # (B, C, 1, 1) broadcast over pixels
+        h = self.conv2(self.drop(F.silu(self.norm2(h))))
+        return h + self.skip(x)
+
+
+class SelfAttention2d(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map, with a residual."""
+
+    def __init__(self, ch: int, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads if ch % heads == 0 else 1
+        self.norm, self.qkv = nn.GroupNorm(_groups(ch), ch), nn.Conv2d(ch, 3 * ch, 1)
+        self.out = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        # (B, heads, head_dim, HW) → attention over the HW positions
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2),
+                                             v.transpose(-1, -2))  # fmt: skip
+        return x + self.out(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+def unet_levels(size: int) -> int:
+    """Stride-2 downsamplings that keep every feature map even-sized and at least 7 pixels:
+    28 → 14 → 7 (2), 32 → 16 → 8 (2), 64 → 32 → 16 → 8 (3)."""
+    levels = 0
+    while size % 2 == 0 and size // 2 >= 7:
+        size, levels = size // 2, levels + 1
+    return levels
+
+
+class UNet(nn.Module):
+    """(B, C, S, S) noisy images, (B,) times, labels → (B, C, S, S), sized from the image:
+    `base` channels at full resolution, doubled per level (capped at 4×), two residual blocks
+    per level, self-attention at the lowest resolution."""
+
+    def __init__(self, ch: int, size: int, base: int, dropout: float, num_classes: int,
+                 attention: bool = True) -> None:  # fmt: skip
+        super().__init__()
+        check(8 <= size <= 256, "dataset.image_size", f"{size}: the UNet takes 8..256 pixels")
+        levels = unet_levels(size)
+        chs = [base * min(2**i, 4) for i in range(levels + 1)]
+        emb = base * 4
+        self.embed = TimeEmbedding(base, num_classes)
+        self.stem = nn.Conv2d(ch, base, 3, padding=1)
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        for i in range(levels + 1):
+            cin = chs[max(i - 1, 0)]
+            self.down.append(nn.ModuleList([ResBlock(cin, chs[i], emb, dropout),
+                                            ResBlock(chs[i], chs[i], emb, dropout)]))  # fmt: skip
+            if i < levels:
+                self.downsample.append(nn.Conv2d(chs[i], chs[i], 3, stride=2, padding=1))
+        mid = chs[-1]
+        self.mid1, self.mid2 = ResBlock(mid, mid, emb, dropout), ResBlock(mid, mid, emb, dropout)
+        self.attn = SelfAttention2d(mid) if attention else nn.Identity()
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for i in reversed(range(levels + 1)):
+            cin = chs[min(i + 1, levels)] if i < levels else mid
+            self.up.append(nn.ModuleList([ResBlock(cin + chs[i], chs[i], emb, dropout),
+                                          ResBlock(chs[i] * 2, chs[i], emb, dropout)]))  # fmt: skip
+            if i > 0:
+                self.upsample.append(nn.ConvTranspose2d(chs[i], chs[i], 4, stride=2, padding=1))
+        self.head = nn.Sequential(nn.GroupNorm(_groups(base), base), nn.SiLU(),
+                                  nn.Conv2d(base, ch, 3, padding=1))  # fmt: skip
+        nn.init.zeros_(self.head[-1].weight)  # start as the zero prediction (ADM's init)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        emb = self.embed(t, y)
+        h = self.stem(x)
+        skips = []
+        for i, (b1, b2) in enumerate(self.down):
+            h1 = b1(h, emb)
+            h2 = b2(h1, emb)
+            skips.append((h1, h2))
+            h = self.downsample[i](h2) if i < len(self.downsample) else h2
+        h = self.mid2(self.attn(self.mid1(h, emb)), emb)
+        for i, (b1, b2) in enumerate(self.up):
+            s1, s2 = skips.pop()
+            h = b1(torch.cat([h, s2], 1), emb)
+            h = b2(torch.cat([h, s1], 1), emb)
+            if i < len(self.upsample):
+                h = self.upsample[i](h)
+        return self.head(h)
+
+
+class PointDenoiser(nn.Module):
+    """(B, D) noisy points, (B,) times, labels → (B, D): an MLP on the points and the
+    conditioning vector."""
+
+    def __init__(self, dim: int, hidden: int, num_classes: int) -> None:
+        super().__init__()
+        self.embed = TimeEmbedding(hidden // 4, num_classes)
+        self.net = mlp([dim + hidden, hidden, hidden, hidden, dim], nn.SiLU())
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.net(torch.cat([x, self.embed(t, y)], dim=1))
+
+
+def _groups(ch: int) -> int:
+    return next(g for g in (32, 16, 8, 4, 2, 1) if ch % g == 0)
