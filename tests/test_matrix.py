@@ -37,7 +37,17 @@ KIND_DATA = {
     "text": ("pydoc", ["dataset.block_size=16"]),
 }
 # Small sizes of the families that have them; a family not listed trains at its defaults.
+# Dropout is off: its masks are drawn per rank (as under DDP), so they, unlike the noise models
+# draw through `Noise`, differ between one process and two ranks.
 SMALL = {
+    "diffusion": [
+        "model.base_channels=8",
+        "model.timesteps=50",
+        "model.steps=2",
+        "model.hidden=32",
+        "model.dropout=0",
+    ],
+    "flow": ["model.base_channels=8", "model.steps=2", "model.hidden=32", "model.dropout=0"],
     "gan": ["model.g_channels=8", "model.d_channels=8", "model.hidden=32", "model.latent_dim=8"],
     "transformer": [
         "model.n_layer=1",

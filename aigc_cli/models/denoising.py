@@ -1,0 +1,122 @@
+"""What diffusion and flow matching share: a denoising network (a UNet sized from the image, or
+an MLP for points) called as net(x_t, t, y), class conditioning with label dropout, and
+classifier-free guidance (Ho & Salimans 2022) at sampling time. Each family adds its own path
+between noise and data, its loss and its samplers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from aigc_cli.config import check
+from aigc_cli.data.base import Batch, DataSpec
+from aigc_cli.errors import ConfigError
+from aigc_cli.models.base import GenerativeModel
+from aigc_cli.models.nets import PointDenoiser, UNet
+from aigc_cli.noise import LOCAL, Noise
+
+
+@dataclass
+class DenoiserConfig:
+    base_channels: int = 32  # UNet channels at full resolution (doubled per level, up to 4x)
+    attention: bool = True  # self-attention at the UNet's lowest resolution
+    dropout: float = 0.1  # dropout inside the residual blocks
+    hidden: int = 256  # width of the MLP for 2-D points
+    conditional: bool = False  # class-conditional (needs labels); enables guidance
+    cond_drop: float = 0.1  # share of training labels replaced by "no label" (for guidance)
+    steps: int = 50  # sampler steps (DDIM, Euler, Heun); DDPM always takes all T
+    guidance: float = 1.0  # classifier-free guidance scale: 1 = conditional, 0 = unconditional
+
+
+class DenoisingModel(GenerativeModel):
+    data_kinds = ("image", "points")
+    samplers: tuple[str, ...] = ()
+
+    def __init__(self, cfg: Any, data: DataSpec) -> None:
+        super().__init__(cfg, data)
+        check(cfg.base_channels >= 4, "model.base_channels", "must be >= 4")
+        check(0 <= cfg.dropout < 1, "model.dropout", "must be in [0, 1)")
+        check(0 <= cfg.cond_drop < 1, "model.cond_drop", "must be in [0, 1)")
+        check(cfg.steps >= 1, "model.steps", f"{cfg.steps} must be >= 1")
+        check(cfg.sampler in self.samplers, "model.sampler",
+              f"'{cfg.sampler}'; choose from: {', '.join(self.samplers)}")  # fmt: skip
+        if cfg.conditional:
+            check(data.num_classes > 0, "model.conditional",
+                  "the dataset has no labels; use model.conditional=false")  # fmt: skip
+        self.num_classes = data.num_classes if cfg.conditional else 0
+        if data.kind == "points":
+            self.net: torch.nn.Module = PointDenoiser(data.shape[0], cfg.hidden, self.num_classes)
+        else:
+            c, h, w = data.shape
+            check(h == w, "dataset.image_size", f"{h}x{w}: the UNet needs square images")
+            self.net = UNet(c, h, cfg.base_channels, cfg.dropout, self.num_classes, cfg.attention)
+        self.grid_nrow = 0
+
+    # ---- data scaling: images live in [0, 1] outside, [-1, 1] inside ------------------------
+    def to_model(self, x: Tensor) -> Tensor:
+        return x.float() * 2 - 1 if self.spec.kind == "image" else x.float()
+
+    def from_model(self, x: Tensor) -> Tensor:
+        return ((x + 1) / 2).clamp(0, 1) if self.spec.kind == "image" else x
+
+    def train_labels(self, batch: Batch, noise: Noise = LOCAL) -> Tensor | None:
+        """The batch's labels with a `cond_drop` share replaced by the "no label" index."""
+        if not self.num_classes:
+            return None
+        y = batch[1].long()
+        drop = noise.rand_like(y.float()) < self.cfg.cond_drop
+        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+
+    def guided(self, x: Tensor, t: Tensor, y: Tensor | None, guidance: float) -> Tensor:
+        """The network's prediction, with classifier-free guidance: u + w (c - u), where c is the
+        conditional and u the unconditional prediction (w = 1: c alone, w = 0: u alone)."""
+        if y is None or guidance == 1.0:
+            return self.net(x, t, y)
+        null = torch.full_like(y, self.num_classes)
+        if guidance == 0.0:
+            return self.net(x, t, null)
+        both = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
+        cond, uncond = both.chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    def evals_per_call(self, y: Tensor | None, guidance: float) -> int:
+        """Network evaluations per denoising call (guidance needs two, batched together)."""
+        return 2 if y is not None and guidance not in (0.0, 1.0) else 1
+
+    def sample_labels(self, n: int, classes: list[int] | None) -> tuple[int, Tensor | None]:
+        """Labels for `n` samples: one grid row per class (of `classes`, default all)."""
+        if not self.num_classes:
+            self.grid_nrow = 0
+            return n, None
+        wanted = list(range(self.num_classes)) if classes is None else list(classes)
+        per = max(1, n // len(wanted))
+        self.grid_nrow = per
+        return per * len(wanted), torch.tensor(wanted).repeat_interleave(per).to(self.device)
+
+    def sampling_options(self, sampler: str | None, steps: int | None, guidance: float | None,
+                         conditional: bool) -> tuple[str, int, float]:  # fmt: skip
+        """The sample call's options, or the config's; a bad choice is one clear line."""
+        sampler = sampler or self.cfg.sampler
+        steps = int(steps if steps is not None else self.cfg.steps)
+        guidance = float(guidance if guidance is not None else self.cfg.guidance)
+        if sampler not in self.samplers:
+            raise ConfigError(
+                f"bad value for 'sampler': '{sampler}' does not fit model '{self.cfg.name}'; "
+                f"choose from: {', '.join(self.samplers)}"
+            )
+        check(steps >= 1, "steps", f"{steps} must be >= 1")
+        if guidance != self.cfg.guidance and not conditional:
+            raise ConfigError(
+                f"bad value for 'guidance': {guidance} needs a class-conditional model; this "
+                "one is unconditional",
+                hint="train with model.conditional=true, or leave guidance out",
+            )
+        return sampler, steps, guidance
+
+    def initial_noise(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """x_T (or x_0 for flows), drawn on the CPU so a seed gives the same samples on
+        every device."""
+        return torch.randn(n, *self.spec.shape, generator=generator).to(self.device)
