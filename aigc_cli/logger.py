@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -63,13 +64,20 @@ def write_hparams(
 
 
 class RunLogger:
+    """Events to TensorBoard; on a terminal a rich progress bar, elsewhere (nohup, a batch
+    system, `| tee`) one plain flushed line per logged step; and every line, the config and
+    any error with its traceback in <run>/train.log."""
+
     def __init__(self, run_dir: Path, *, progress: bool = True, purge_step: int | None = None):
         self.run_dir = Path(run_dir)
         # purge_step drops events past it, so a resumed run has no duplicate steps.
         self.writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge_step)
-        self.show_progress = progress
+        self.show_progress = progress and console.is_terminal
         self._progress: Progress | None = None
         self._task: Any = None
+        self._total, self._first, self._start = 0, 0, time.monotonic()
+        # Appended to (a resumed run continues its log); line-buffered, so a crash loses nothing.
+        self._file = open(self.run_dir / "train.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
 
     # ---- TensorBoard ------------------------------------------------------------------
     def scalars(self, values: Mapping[str, float], step: int) -> None:
@@ -93,12 +101,48 @@ class RunLogger:
 
     def close(self) -> None:
         self.writer.close()
+        self._file.close()
 
-    # ---- console ----------------------------------------------------------------------
+    # ---- console and train.log ----------------------------------------------------------
     def print(self, *args: Any) -> None:
         (self._progress.console if self._progress else console).print(*args)
+        self._write(*args)
+
+    def _write(self, *args: Any) -> None:
+        if self._file.closed:
+            return
+        plain = Console(file=self._file, width=100, no_color=True, highlight=False,
+                        force_terminal=False, soft_wrap=True)  # fmt: skip
+        plain.print(*args)
+
+    def step_line(self, step: int, values: Mapping[str, float]) -> None:
+        """One plain line for a logged step: step/total, each loss, samples/s, elapsed, ETA.
+        Printed when there is no progress bar (off a terminal, or trainer.progress=false),
+        and always written to train.log."""
+        elapsed = time.monotonic() - self._start
+        done = max(step - self._first, 1)
+        eta = elapsed / done * max(self._total - step, 0)
+        losses = [f"{k} {v:.4g}" for k, v in values.items() if k.endswith("loss")]
+        rate = values.get("perf/samples_per_s")
+        parts = [f"step {step}/{self._total}", *losses]
+        if rate is not None:
+            parts.append(f"{rate:.0f} samples/s")
+        parts += [f"elapsed {_clock(elapsed)}", f"ETA {_clock(eta)}"]
+        line = " | ".join(parts)
+        if self._progress is None:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+            console.file.flush()
+        self._write(line)
+
+    def error(self, error: BaseException) -> None:
+        """A failed run's error and traceback, into train.log."""
+        import traceback
+
+        if not self._file.closed:
+            self._file.write("".join(traceback.format_exception(error)))
 
     def start_progress(self, total: int, completed: int = 0) -> None:
+        self._total, self._first, self._start = total, completed, time.monotonic()
         if not self.show_progress:
             return
         self._progress = Progress(
@@ -145,6 +189,11 @@ class RunLogger:
         for k, v in rows.items():
             table.add_row(f"[dim]{k}", v)
         console.print(table)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class Throughput:
@@ -196,6 +245,14 @@ class QuietLogger(RunLogger):
         self.show_progress = False
         self._progress = None
         self._task = None
+        self._total = self._first = 0
+        self._start = time.monotonic()
+
+    def step_line(self, step: int, values: Mapping[str, float]) -> None:
+        pass
+
+    def error(self, error: BaseException) -> None:
+        pass
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         pass

@@ -115,7 +115,11 @@ def train(
         if run_dir is None:
             run_dir = resolve_checkpoint(resume).parent.parent if resume else default_run_dir()
         run = setup(cfg, ckpt, world, device, Path(run_dir), choices or {})
-        return loop(run)
+        try:
+            return loop(run)
+        except BaseException as e:
+            run.log.error(e)
+            raise
     except RuntimeError as e:
         if world.parallel and distributed.is_comm_failure(e):
             # Another rank died (its own error, or torchrun's report, names the cause); this
@@ -437,6 +441,7 @@ def flush_logs(run: Run) -> None:
     if run.skipped:
         values["train/skipped_steps"] = float(run.skipped)
     run.log.scalars(values, run.step)
+    run.log.step_line(run.step, values)
     loss = next((v for k, v in values.items() if k.endswith("/loss")), float("nan"))
     run.log.advance(run.step, loss=f"{loss:.4g}", rate=f"{rate:.0f}")
     run.tally.clear()
