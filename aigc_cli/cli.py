@@ -123,14 +123,33 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _resume_overrides(args: list[str]) -> list[str]:
-    """`resume=<run|ckpt|latest>` continues in the run's own dir: point hydra.run.dir there."""
+    """`resume=<run|ckpt|latest>` continues in the run's own dir: point hydra.run.dir there.
+    `resume=auto` (for requeued batch jobs) resumes when the fixed run dir already holds a
+    checkpoint and starts fresh otherwise, so the same command line can be re-run."""
     resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if resume == "auto":
+        return _auto_resume(args)
     if not resume or resume == "null" or any(a.startswith("hydra.run.dir=") for a in args):
         return args
     from aigc_cli.build import resolve_checkpoint, run_dir_of
 
     run_dir = run_dir_of(resolve_checkpoint(resume))
     return [*args, f"hydra.run.dir={run_dir}"]
+
+
+def _auto_resume(args: list[str]) -> list[str]:
+    from pathlib import Path
+
+    run_dir = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+    if run_dir is None:
+        _fail(
+            "resume=auto needs a fixed run dir, so a re-run finds the checkpoint: add "
+            "hydra.run.dir=<dir>",
+            2,
+        )
+    has_ckpt = (Path(run_dir) / "checkpoints" / "last.pt").is_file()
+    value = f"resume={run_dir}" if has_ckpt else "resume=null"
+    return [value if a == "resume=auto" else a for a in args]
 
 
 def _quoted_prompt(arg: str) -> str:

@@ -30,3 +30,43 @@ def test_progress_false_keeps_the_lines_and_a_failure_is_logged(tmp_path):
     assert "Traceback" not in out.stderr
     log = (tmp_path / "bad" / "train.log").read_text()
     assert "Traceback" in log and "non-finite loss" in log
+
+
+def _run_until_first_line(args: list[str], cwd, stop_after: str | None) -> int:
+    """The CLI as a batch system runs it; SIGUSR1 (a pre-emption warning) once a step line
+    containing `stop_after` appears."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "aigc_cli", "train", *args], cwd=cwd,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if stop_after and line.startswith("step ") and stop_after in line:
+            proc.send_signal(signal.SIGUSR1)
+            stop_after = None
+    return proc.wait(timeout=600)
+
+
+def test_requeued_command_line_ends_at_the_unbroken_run(tmp_path):
+    """`resume=auto` + the same command line three times, pre-empted twice: the weights end
+    where one unbroken run ends."""
+    import torch
+
+    from aigc_cli.checkpoint import load_checkpoint
+
+    common = [*tiny_overrides(), "trainer.max_steps=12", "trainer.log_every=1",
+              "trainer.ckpt_every=100"]  # fmt: skip
+    assert _run_until_first_line([*common, "hydra.run.dir=whole"], tmp_path, None) == 0
+    job = [*common, "resume=auto", "hydra.run.dir=job"]
+    assert _run_until_first_line(job, tmp_path, "step 3/") == 128 + 10  # SIGUSR1
+    assert _run_until_first_line(job, tmp_path, "step 7/") == 128 + 10
+    assert _run_until_first_line(job, tmp_path, None) == 0
+    a, b = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt") for d in ("whole", "job"))
+    assert a["step"] == b["step"] == 12
+    assert all(torch.equal(v, b["model_state"][k]) for k, v in a["model_state"].items())
