@@ -266,7 +266,7 @@ def setup(
     if device.type == "cuda":
         cuda_math(t.tf32)
     data = build_data(cfg.dataset).to(device)
-    model = build_model(cfg.model, data.spec).to(device)
+    model = build_model(model_config(cfg, ckpt), data.spec).to(device)
     if ckpt is not None and ckpt["model"]["name"] != cfg.model.name:
         raise CheckpointError(
             f"cannot resume: the checkpoint is of model '{ckpt['model']['name']}', "
@@ -304,6 +304,16 @@ def setup(
     run.log = open_logger(cfg, t, run_dir, world, ckpt)
     describe(run, notes)
     return run
+
+
+def model_config(cfg: DictConfig, ckpt: dict[str, Any] | None) -> Any:
+    """The model's config; a resumed run takes what its model recorded when it started (a
+    latent diffusion's autoencoder), so resuming reads no file the checkpoint names."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    saved = (ckpt or {}).get("model", {}).get("config") or {}
+    if saved.get("autoencoder_config"):
+        model = {**model, "autoencoder_config": saved["autoencoder_config"]}  # type: ignore[dict-item]
+    return model
 
 
 def make_run_dir(run_dir: Path) -> None:

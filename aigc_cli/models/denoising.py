@@ -5,7 +5,7 @@ between noise and data, its loss and its samplers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -29,6 +29,12 @@ class DenoiserConfig:
     cond_drop: float = 0.1  # share of training labels replaced by "no label" (for guidance)
     steps: int = 50  # sampler steps (DDIM, Euler, Heun); DDPM always takes all T
     guidance: float = 1.0  # classifier-free guidance scale: 1 = conditional, 0 = unconditional
+    # latent diffusion: a trained VAE (run dir or checkpoint), frozen; the denoiser works on its
+    # latents (posterior means) and samples are decoded by its decoder
+    autoencoder: str | None = None
+    # filled in from `autoencoder` when the run starts (the VAE's config and data spec), so a
+    # checkpoint rebuilds the model without reading any other file; not set by hand
+    autoencoder_config: dict[str, Any] | None = None
 
 
 class DenoisingModel(GenerativeModel):
@@ -47,19 +53,42 @@ class DenoisingModel(GenerativeModel):
             check(data.num_classes > 0, "model.conditional",
                   "the dataset has no labels; use model.conditional=false")  # fmt: skip
         self.num_classes = data.num_classes if cfg.conditional else 0
-        if data.kind == "points":
-            self.net: torch.nn.Module = PointDenoiser(data.shape[0], cfg.hidden, self.num_classes)
+        self.vae = None
+        self.latent_shape = list(data.shape)
+        if cfg.autoencoder or cfg.autoencoder_config:
+            self.vae = frozen_autoencoder(cfg, data)
+            self.latent_shape = [self.vae.cfg.latent_dim]
+            self.net: torch.nn.Module = PointDenoiser(
+                self.latent_shape[0], cfg.hidden, self.num_classes
+            )
+        elif data.kind == "points":
+            self.net = PointDenoiser(data.shape[0], cfg.hidden, self.num_classes)
         else:
             c, h, w = data.shape
             check(h == w, "dataset.image_size", f"{h}x{w}: the UNet needs square images")
             self.net = UNet(c, h, cfg.base_channels, cfg.dropout, self.num_classes, cfg.attention)
         self.grid_nrow = 0
 
-    # ---- data scaling: images live in [0, 1] outside, [-1, 1] inside ------------------------
+    def optimizers(self, optim: Any) -> dict[str, Any]:
+        from aigc_cli.optim import make_optimizer
+
+        return {"model": make_optimizer(self.net.parameters(), optim)}
+
+    @property
+    def pixel_space(self) -> bool:
+        """Images denoised as pixels (not as an autoencoder's latents)."""
+        return self.spec.kind == "image" and self.vae is None
+
+    # ---- data scaling: images live in [0, 1] outside, [-1, 1] inside, or as VAE latents -----
     def to_model(self, x: Tensor) -> Tensor:
+        if self.vae is not None:
+            with torch.no_grad():
+                return self.vae.encode(x)[0].float()  # the posterior mean, (B, latent)
         return x.float() * 2 - 1 if self.spec.kind == "image" else x.float()
 
     def from_model(self, x: Tensor) -> Tensor:
+        if self.vae is not None:
+            return self.vae.mean_image(x).clamp(0, 1)
         return ((x + 1) / 2).clamp(0, 1) if self.spec.kind == "image" else x
 
     def train_labels(self, batch: Batch, noise: Noise = LOCAL) -> Tensor | None:
@@ -119,4 +148,33 @@ class DenoisingModel(GenerativeModel):
     def initial_noise(self, n: int, generator: torch.Generator | None) -> Tensor:
         """x_T (or x_0 for flows), drawn on the CPU so a seed gives the same samples on
         every device."""
-        return torch.randn(n, *self.spec.shape, generator=generator).to(self.device)
+        return torch.randn(n, *self.latent_shape, generator=generator).to(self.device)
+
+
+def frozen_autoencoder(cfg: Any, data: DataSpec) -> Any:
+    """The VAE of latent diffusion, frozen. Built from `autoencoder_config` when the model is
+    rebuilt from a checkpoint (its weights are in the checkpoint); loaded from the user's
+    `autoencoder` run when a run starts, recording its config for the checkpoint."""
+    from aigc_cli.build import build_model, load_run, resolve_checkpoint
+
+    if data.kind != "image":
+        raise ConfigError("latent diffusion (model.autoencoder) needs image data")
+    if cfg.autoencoder_config:
+        spec = DataSpec.from_dict(cfg.autoencoder_config["spec"])
+        vae = build_model(cfg.autoencoder_config["model"], spec)
+    else:
+        vae, _ = load_run(resolve_checkpoint(cfg.autoencoder))
+        if vae.cfg.name != "vae":
+            raise ConfigError(
+                f"bad value for 'model.autoencoder': {cfg.autoencoder} is a run of model "
+                f"'{vae.cfg.name}', not a VAE",
+                hint="train one with `aigc train model=vae` on the same dataset",
+            )
+        cfg.autoencoder_config = {"model": asdict(vae.cfg), "spec": vae.spec.to_dict()}
+    if list(vae.spec.shape) != list(data.shape):
+        raise ConfigError(
+            f"bad value for 'model.autoencoder': the VAE was trained on {vae.spec.shape} data, "
+            f"this dataset is {list(data.shape)}",
+            hint="train the VAE on the same dataset and image size",
+        )
+    return vae.eval().requires_grad_(False)

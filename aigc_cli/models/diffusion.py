@@ -148,6 +148,9 @@ class Diffusion(DenoisingModel):
             t = torch.randint(lo, hi, (b,), device=x0.device)
             eps = torch.randn_like(x0)
             out[f"loss_q{q + 1}"] = self.per_sample_loss(x0, t, eps, y).sum()
+        out["loss"] = sum(out[f"loss_q{q + 1}"] for q in range(QUARTERS)) / QUARTERS
+        if self.vae is not None:
+            return out  # a bound on latents would be no bound on the images
         # The decoder term (t = 0) exactly; the T - 1 KL terms, which fall off about as 1/t,
         # by one timestep in each of the strata [1, 2), [2, 4), [4, 8), ...
         zero = torch.zeros(b, dtype=torch.long, device=x0.device)
@@ -155,7 +158,6 @@ class Diffusion(DenoisingModel):
         for lo, hi in log_strata(T):
             t = torch.randint(lo, hi, (b,), device=x0.device)
             terms = terms + (hi - lo) * self.bound_term(x0, t, torch.randn_like(x0), y)
-        out["loss"] = sum(out[f"loss_q{q + 1}"] for q in range(QUARTERS)) / QUARTERS
         out["nelbo"] = (terms + self.prior_kl(x0)).sum()
         return out
 
@@ -168,7 +170,7 @@ class Diffusion(DenoisingModel):
         s = self.sched
         xt = s.q_sample(x0, t, eps)
         x0_hat, _ = s.split(self.net(xt, t.float(), y).float(), xt, t, self.cfg.prediction)
-        if self.spec.kind == "image":
+        if self.pixel_space:
             x0_hat = x0_hat.clamp(-1, 1)
         coef_x0, coef_xt = s.at(s.coef_x0, t, x0), s.at(s.coef_xt, t, x0)
         mean_q, mean_p = coef_x0 * x0 + coef_xt * xt, coef_x0 * x0_hat + coef_xt * xt
@@ -177,7 +179,7 @@ class Diffusion(DenoisingModel):
         kl = 0.5 * (ratio - 1 - ratio.clamp(min=1e-30).log() + (mean_q - mean_p) ** 2 / var_p)
         kl = kl.flatten(1).sum(1)
         sigma0 = var_p.sqrt()  # decoder std at t = 0: sqrt(beta_0)
-        if self.spec.kind == "image":
+        if self.pixel_space:
             nll0 = discretised_gaussian_nll(x0, x0_hat, sigma0)
         else:
             nll0 = 0.5 * (((x0 - x0_hat) / sigma0) ** 2 + 2 * sigma0.log() + math.log(2 * math.pi))
@@ -192,6 +194,8 @@ class Diffusion(DenoisingModel):
 
     def finalize_metrics(self, means: dict[str, float]) -> dict[str, float]:
         out = dict(means)
+        if "nelbo" not in means:
+            return out
         dims = math.prod(self.spec.shape)
         out["bits_per_dim"] = means["nelbo"] / (dims * math.log(2))
         return out
@@ -210,6 +214,9 @@ class Diffusion(DenoisingModel):
         }
         for q in range(QUARTERS):
             notes[f"loss_q{q + 1}"] = f"training loss at timesteps in quarter {q + 1} of the range"
+        if self.vae is not None:
+            notes = {k: v + ", on the autoencoder's latents" for k, v in notes.items()
+                     if k.startswith("loss")}  # fmt: skip
         return notes
 
     # ---- sampling --------------------------------------------------------------------------
@@ -243,7 +250,7 @@ class Diffusion(DenoisingModel):
         x0, eps = s.split(
             self.guided(x, tt.float(), y, guidance).float(), x, tt, self.cfg.prediction
         )
-        if self.spec.kind == "image" and self.cfg.clip_x0:
+        if self.pixel_space and self.cfg.clip_x0:
             x0 = x0.clamp(-1, 1)
             if prev >= 0:  # the eps consistent with the clipped x0
                 a = s.abar[t].item()
