@@ -99,7 +99,10 @@ def test_multirun_train_sample_eval_end_to_end(tmp_path, run_main):
 
 
 BAD_INPUTS = [
-    (["model=gna"], "unknown model 'gna'; choose from: classifier, gan, transformer, vae"),
+    (
+        ["model=gna"],
+        "unknown model 'gna'; choose from: classifier, diffusion, flow, gan, transformer, vae",
+    ),
     (["dataset=nope"], "unknown dataset 'nope'; choose from:"),
     (["optim=sgdd"], "unknown optim 'sgdd'; choose from: adam, adamw"),
     (["trainer.max_step=3"], "'trainer.max_step' (did you mean 'trainer.max_steps'?); allowed"),

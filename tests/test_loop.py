@@ -88,6 +88,7 @@ def test_progress_bar_redraws_at_most_twice_a_second_but_always_on_new_figures(
 
     now = [100.0]
     monkeypatch.setattr(logger.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(logger.console, "_force_terminal", True)  # the bar is for terminals
     log = logger.RunLogger(tmp_path, progress=True)
     log.start_progress(total=1000)
     draws = []
