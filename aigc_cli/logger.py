@@ -78,6 +78,8 @@ class RunLogger:
         self._total, self._first, self._start = 0, 0, time.monotonic()
         # Appended to (a resumed run continues its log); line-buffered, so a crash loses nothing.
         self._file = open(self.run_dir / "train.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self._plain = Console(file=self._file, width=100, no_color=True, highlight=False,
+                              force_terminal=False, soft_wrap=True)  # fmt: skip
 
     # ---- TensorBoard ------------------------------------------------------------------
     def scalars(self, values: Mapping[str, float], step: int) -> None:
@@ -109,11 +111,8 @@ class RunLogger:
         self._write(*args)
 
     def _write(self, *args: Any) -> None:
-        if self._file.closed:
-            return
-        plain = Console(file=self._file, width=100, no_color=True, highlight=False,
-                        force_terminal=False, soft_wrap=True)  # fmt: skip
-        plain.print(*args)
+        if not self._file.closed:
+            self._plain.print(*args)
 
     def step_line(self, step: int, values: Mapping[str, float]) -> None:
         """One plain line for a logged step: step/total, each loss, samples/s, elapsed, ETA.

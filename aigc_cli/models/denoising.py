@@ -18,6 +18,8 @@ from aigc_cli.models.base import GenerativeModel
 from aigc_cli.models.nets import PointDenoiser, UNet
 from aigc_cli.noise import LOCAL, Noise
 
+QUARTERS = 4  # test losses are reported per quarter of the time range, one draw in each
+
 
 @dataclass
 class DenoiserConfig:

@@ -17,12 +17,11 @@ from torch import Tensor
 from aigc_cli.config import check
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.models.base import Stage
-from aigc_cli.models.denoising import DenoiserConfig, DenoisingModel
+from aigc_cli.models.denoising import QUARTERS, DenoiserConfig, DenoisingModel
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.registry import MODELS
 
 PREDICTIONS = ("eps", "v", "x0")
-QUARTERS = 4  # the bound and the test loss are estimated with one timestep per quarter
 
 
 def make_schedule(kind: str, timesteps: int) -> Tensor:

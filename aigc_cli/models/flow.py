@@ -15,11 +15,10 @@ from torch import Tensor
 
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.models.base import Stage
-from aigc_cli.models.denoising import DenoiserConfig, DenoisingModel
+from aigc_cli.models.denoising import QUARTERS, DenoiserConfig, DenoisingModel
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.registry import MODELS
 
-QUARTERS = 4
 TIME_SCALE = 1000.0  # t in [0, 1] is embedded as t * 1000, the range diffusion's embedding sees
 
 
