@@ -13,6 +13,7 @@ Every cell asserts behaviour, against an independent reference:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import multiprocessing
@@ -37,17 +38,9 @@ KIND_DATA = {
     "text": ("pydoc", ["dataset.block_size=16"]),
 }
 # Small sizes of the families that have them; a family not listed trains at its defaults.
-# Dropout is off: its masks are drawn per rank (as under DDP), so they, unlike the noise models
-# draw through `Noise`, differ between one process and two ranks.
 SMALL = {
-    "diffusion": [
-        "model.base_channels=8",
-        "model.timesteps=50",
-        "model.steps=2",
-        "model.hidden=32",
-        "model.dropout=0",
-    ],
-    "flow": ["model.base_channels=8", "model.steps=2", "model.hidden=32", "model.dropout=0"],
+    "diffusion": ["model.base_channels=8", "model.timesteps=50", "model.steps=2", "model.hidden=32"],
+    "flow": ["model.base_channels=8", "model.steps=2", "model.hidden=32"],
     "gan": ["model.g_channels=8", "model.d_channels=8", "model.hidden=32", "model.latent_dim=8"],
     "transformer": [
         "model.n_layer=1",
@@ -129,6 +122,7 @@ def overrides(cell: dict[str, Any], steps: int = STEPS) -> list[str]:
     name, _ = cell["model"].split(":")
     return [
         *SMALL.get(name, []),
+        *_no_dropout(name, cell["ranks"]),
         f"trainer.max_steps={steps}",
         "trainer.log_every=2",
         "trainer.eval_every=0",
@@ -145,6 +139,14 @@ def overrides(cell: dict[str, Any], steps: int = STEPS) -> list[str]:
         f"trainer.ema={str(cell['ema']).lower()}",
         f"trainer.on_nonfinite={'skip' if cell['nonfinite'] else 'stop'}",
     ]
+
+
+def _no_dropout(name: str, ranks: int) -> list[str]:
+    """Two-rank cells train without dropout, for any model whose Config has it: its masks are
+    drawn per rank (as under DDP), so unlike the noise models draw through `Noise` they differ
+    between one process and two ranks. One-rank cells keep the model's dropout."""
+    fields = {f.name for f in dataclasses.fields(MODELS.get(name).config)}
+    return ["model.dropout=0"] if ranks == 2 and "dropout" in fields else []
 
 
 class Recorder:
