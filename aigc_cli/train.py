@@ -289,7 +289,7 @@ def setup(
     ema = EMA(model, t.ema_decay, model.ema_networks) if t.ema else None
     notes += compile_model(model, t.compile, t.compile_backend)
     opt = make_optimization(model, t, o, device, world)
-    batches = data.train_iter(t.batch_size, int(cfg.get("seed", 0)))
+    batches = model.train_batches(data, t.batch_size, int(cfg.get("seed", 0)))
     if world.parallel:
         batches = distributed.ShardedBatches(batches, world)
     run = Run(cfg, t, world, device, run_dir, data, model, ema, opt, batches, layout,

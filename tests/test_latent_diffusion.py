@@ -51,3 +51,30 @@ def test_autoencoder_must_be_a_vae_of_the_same_shape(make_cfg, tmp_path, vae_run
     with pytest.raises(ConfigError, match="is a run of model 'gan', not a VAE"):
         train(make_cfg(*SMALL, f"model.autoencoder={gan}", model="diffusion"),
               run_dir=tmp_path / "b")  # fmt: skip
+
+
+def test_latents_are_encoded_once_and_train_as_per_batch_encoding(make_cfg, tmp_path, vae_run,
+                                                                   monkeypatch):  # fmt: skip
+    """The training images pass through the encoder once, before the first step; the run then
+    ends at the weights of a run that encodes every batch as it comes."""
+    from aigc_cli.models.base import GenerativeModel
+    from aigc_cli.models.denoising import DenoisingModel
+    from aigc_cli.models.vae import VAE
+
+    cfg = make_cfg(*SMALL, "trainer.max_steps=6", "trainer.ema=false", "trainer.eval_every=0",
+                   "trainer.sample_every=0",
+                   f"model.autoencoder={vae_run}", model="diffusion")  # fmt: skip
+    encoded = []
+    encode = VAE.encode
+    monkeypatch.setattr(VAE, "encode", lambda self, x: (encoded.append(len(x)), encode(self, x))[1])
+    train(cfg, run_dir=tmp_path / "once")
+    test = cfg.dataset.test_size  # the final evaluation encodes the test split
+    assert encoded == [cfg.dataset.train_size, test]
+    monkeypatch.setattr(DenoisingModel, "train_batches", GenerativeModel.train_batches)
+    encoded.clear()
+    train(cfg, run_dir=tmp_path / "per_batch")
+    assert encoded == [cfg.trainer.batch_size] * 6 + [test]
+    a = load_checkpoint(tmp_path / "once" / "checkpoints" / "last.pt")["model_state"]
+    b = load_checkpoint(tmp_path / "per_batch" / "checkpoints" / "last.pt")["model_state"]
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from aigc_cli.config import OptimConfig
-from aigc_cli.data.base import Batch, DataSpec
+from aigc_cli.data.base import Batch, BatchIterator, DataModule, DataSpec
 from aigc_cli.errors import ConfigError
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
@@ -55,6 +55,11 @@ class GenerativeModel(nn.Module):
         """The stages of one step. Per-sample random draws go through `noise`, which the loop
         hands over so that every sample gets the same noise however many ranks share the batch."""
         raise NotImplementedError
+
+    def train_batches(self, data: DataModule, batch_size: int, seed: int) -> BatchIterator:
+        """The loop's training batches. A family may hand it a transformed copy of the data
+        instead (latent diffusion encodes the training images once)."""
+        return data.train_iter(batch_size, seed)
 
     def uncompiled(self) -> dict[str, str]:
         """Children that `trainer.compile` must leave eager, each with the reason."""

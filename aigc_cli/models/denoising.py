@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from aigc_cli.config import check
-from aigc_cli.data.base import Batch, DataSpec
+from aigc_cli.data.base import Batch, BatchIterator, DataModule, DataSpec, TensorData
 from aigc_cli.errors import ConfigError
 from aigc_cli.models.base import GenerativeModel
 from aigc_cli.models.nets import PointDenoiser, UNet
@@ -81,9 +81,28 @@ class DenoisingModel(GenerativeModel):
         """Images denoised as pixels (not as an autoencoder's latents)."""
         return self.spec.kind == "image" and self.vae is None
 
+    def train_batches(self, data: DataModule, batch_size: int, seed: int) -> BatchIterator:
+        """Latent diffusion encodes the training images once (posterior means, which the frozen
+        encoder would give again each epoch) and trains on batches of those latents. Data that
+        streams from disk is encoded batch by batch instead."""
+        if self.vae is None or not isinstance(data, TensorData):
+            return data.train_iter(batch_size, seed)
+        n, labels = data.train[0].shape[0], data.train[1]
+        chunks = []
+        for start in range(0, n, 512):
+            idx = torch.arange(start, min(start + 512, n), device=data.device)
+            x, _ = data.take("train", idx)
+            chunks.append(self.to_model(x.to(self.device)).to(data.device))
+        spec = DataSpec("points", list(self.latent_shape), data.spec.num_classes)
+        latents = TensorData(spec, (torch.cat(chunks), labels), data.test)
+        latents.device = data.device
+        return latents.train_iter(batch_size, seed)
+
     # ---- data scaling: images live in [0, 1] outside, [-1, 1] inside, or as VAE latents -----
     def to_model(self, x: Tensor) -> Tensor:
         if self.vae is not None:
+            if x.dim() == 2:  # already latents (train_batches encoded the dataset)
+                return x.float()
             with torch.no_grad():
                 return self.vae.encode(x)[0].float()  # the posterior mean, (B, latent)
         return x.float() * 2 - 1 if self.spec.kind == "image" else x.float()
