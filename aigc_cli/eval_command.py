@@ -35,6 +35,11 @@ class EvalConfig:
     kid_subsets: int = 100  # KID: random subsets averaged over
     kid_subset_size: int = 1000  # KID: images per subset
     dataset: dict[str, Any] | None = None  # dataset=<name> [dataset.root=...]: where the data is
+    # diffusion and flow: the sampler of the sample-based metrics; null = the model's own
+    sampler: str | None = None  # diffusion: ddim | ddpm; flow: euler | heun
+    steps: int | None = None  # sampler steps (DDPM always takes T)
+    guidance: float | None = None  # classifier-free guidance scale (conditional models)
+    eta: float | None = None  # DDIM noise (diffusion)
 
 
 def run_eval(node: DictConfig) -> dict[str, float]:
@@ -43,6 +48,7 @@ def run_eval(node: DictConfig) -> dict[str, float]:
     from aigc_cli.build import build_data, load_run, resolve_checkpoint, resolve_device, run_dir_of
     from aigc_cli.data.base import has_sample_metrics
     from aigc_cli.evaluate import evaluate
+    from aigc_cli.sample import sampler_options
 
     values = {k: v for k, v in node.items() if k != "hydra"}
     cfg = validate("eval", EvalConfig, values)
@@ -52,6 +58,7 @@ def run_eval(node: DictConfig) -> dict[str, float]:
     device = resolve_device(cfg.device)
     model, ckpt = load_run(ckpt_path, device, use_ema=cfg.ema)
     options = {"iwae_k": cfg.iwae_k} if cfg.iwae_k else {}
+    sampling = sampler_options(cfg, model)
     data = build_data(eval_dataset_config(ckpt["dataset"], cfg.dataset)).to(device)
     wanted, quality = quality_metrics(cfg, model, data, ckpt["dataset"]["name"], device)
     torch.manual_seed(cfg.seed)
@@ -70,7 +77,7 @@ def run_eval(node: DictConfig) -> dict[str, float]:
         from aigc_cli.console import console
 
         with console.status(f"sampling {cfg.num_samples} images for {', '.join(quality.names)}"):
-            metrics.update(quality(model, cfg.seed))
+            metrics.update(quality(model, cfg.seed, **sampling))
     notes = {**model.describe_metrics(options), **(quality.describe() if quality else {})}
     print_table(ckpt_path, ckpt, metrics, quality is not None and not cfg.inception_weights)
     run_dir = run_dir_of(ckpt_path)

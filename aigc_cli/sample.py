@@ -104,7 +104,7 @@ def sample(node: Any) -> Path:
     return out
 
 
-def sampler_options(cfg: SampleConfig, model: Any) -> dict[str, Any]:
+def sampler_options(cfg: Any, model: Any) -> dict[str, Any]:
     """sampler=, steps=, guidance=, eta= for the families that have samplers; elsewhere
     they are refused in one line rather than ignored."""
     given = {k: getattr(cfg, k) for k in ("sampler", "steps", "guidance", "eta")}

@@ -35,6 +35,8 @@ def log_samples(
         log.image("samples", img, step)
         save_grid(img.unsqueeze(0), name.with_suffix(".png"), nrow=1)
         return
+    if hasattr(model, "last_nfe"):
+        log.scalars({"samples/nfe": model.last_nfe}, step)
     nrow = getattr(model, "grid_nrow", 0) or 8
     log.image("samples", save_grid(out, name.with_suffix(".png"), nrow=nrow), step)
     first_test = next(data.eval_iter(t.batch_size, 1))

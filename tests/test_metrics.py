@@ -307,3 +307,30 @@ def test_eval_ranks_a_trained_run_above_a_barely_trained_one(run_main, tmp_path)
         scores[name] = json.loads((tmp_path / run / "metrics.json").read_text())["eval"]["last"]
     assert scores["well"]["test/nelbo"] < scores["barely"]["test/nelbo"]
     assert 0 < scores["well"]["test/fid"] < scores["barely"]["test/fid"]
+
+
+def test_sampler_and_nfe_stand_beside_every_sample_quality_figure(run_main, tmp_path):
+    """FID of a diffusion run records the sampler it sampled with and its NFE, in training's
+    metrics.json and in each `aigc eval` (whose sampler= / steps= choose another)."""
+    code, _, err = run_main("train", *tiny_overrides("classifier"), "hydra.run.dir=outputs/clf")
+    assert code == 0, err
+    small = ["model.base_channels=8", "model.timesteps=20", "model.steps=4",
+             "metrics.names=[fid]", "metrics.num_samples=16", "metrics.batch_size=16"]  # fmt: skip
+    code, _, err = run_main("train", *tiny_overrides("diffusion"), *small,
+                            "hydra.run.dir=outputs/dm")  # fmt: skip
+    assert code == 0, err
+    path = tmp_path / "outputs" / "dm" / "metrics.json"
+    record = json.loads(path.read_text())
+    assert record["test/nfe"] == 4 and np.isfinite(record["test/fid"])
+    assert record["methods"]["test/fid"].endswith("samples: ddim, 4 steps, 4 network evaluations per sample")
+    assert "samples/nfe" in event_tags(tmp_path / "outputs" / "dm")["scalars"]
+    code, out, err = run_main("eval", "run=outputs/dm", "metrics=[fid]", "num_samples=16",
+                              "batch_size=16", "sampler=ddpm")  # fmt: skip
+    assert code == 0, err
+    assert "test/nfe" in out
+    last = json.loads(path.read_text())["eval"]["last"]
+    assert last["test/nfe"] == 20 and "ddpm, 20 steps" in last["methods"]["test/fid"]
+    code, _, err = run_main("eval", "run=outputs/clf", "sampler=ddim")
+    assert code != 0 and "has no sampler options" in err and "Traceback" not in err
+    code, _, err = run_main("eval", "run=outputs/dm", "metrics=[fid]", "sampler=heun")
+    assert code != 0 and "'heun' does not fit model 'diffusion'" in err

@@ -170,6 +170,7 @@ class SampleQuality:
             features = FeatureNet(net, f"{kind} from {cfg.inception_weights}")
         self.features = features
         self._real: Tensor | None = None
+        self.sampler = ""  # the sampler and its NFE, for the families that have samplers
 
     def _embed(self, images: Tensor) -> Tensor:
         assert self.features is not None
@@ -187,7 +188,9 @@ class SampleQuality:
         return self._real
 
     @torch.no_grad()
-    def __call__(self, model: Any, seed: int = 0) -> dict[str, float]:
+    def __call__(self, model: Any, seed: int = 0, **sample_options: Any) -> dict[str, float]:
+        """The metrics of `n` samples; `sample_options` (sampler, steps, guidance, eta) go to
+        the model's sampler, and the sampler's NFE is returned beside the figures."""
         n = self.cfg.num_samples
         if self.features is not None:
             real = self.real_features()
@@ -195,13 +198,18 @@ class SampleQuality:
         g = torch.Generator().manual_seed(seed)
         feats, probs = [], []
         for start in range(0, n, self.cfg.batch_size):
-            images = model.sample(min(self.cfg.batch_size, n - start), generator=g)
+            images = model.sample(min(self.cfg.batch_size, n - start), generator=g,
+                                  **sample_options)  # fmt: skip
             images = images.to(self.device).float()
             if self.features is not None:
                 feats.append(self._embed(images))
             if self.classifier is not None and "coverage" in self.names:
                 probs.append(self.classifier.logits(images).softmax(1).cpu())
         out: dict[str, float] = {}
+        if hasattr(model, "last_nfe"):
+            out["nfe"] = float(model.last_nfe)
+            about = model.describe_sampler(sample_options.get("sampler"), sample_options.get("steps"))
+            self.sampler = f"{about}, {model.last_nfe} network evaluations per sample"
         if "fid" in self.names:
             out["fid"] = stats.fid(real, torch.cat(feats))
         if "kid" in self.names:
@@ -246,4 +254,8 @@ class SampleQuality:
             )
             notes["class_confidence"] = "mean top-class probability on the generated images"
         keys = {k for g in self.names for k in GROUPS[g]}
-        return {k: v for k, v in notes.items() if k in keys}
+        out = {k: v for k, v in notes.items() if k in keys}
+        if self.sampler:  # beside every figure: samples from another sampler score differently
+            out = {k: f"{v}; samples: {self.sampler}" for k, v in out.items()}
+            out["nfe"] = f"network evaluations per sample ({self.sampler})"
+        return out
