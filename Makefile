@@ -16,10 +16,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev,sweep]"
+	$(PY) -m pip install -e ".[dev,sweep,export]"
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install aigc (editable) with the dev tools and sweep plugins
+install: $(STAMP) ## create .venv and install aigc (editable) with the dev tools, sweep plugins and ONNX export
 
 train: $(STAMP) ## train the default model (VAE on built-in shapes); ARGS="model=gan ..." to change
 	$(AIGC) train $(ARGS)

@@ -39,6 +39,13 @@ def build_data(dataset_cfg: Any) -> DataModule:
     return builder(cfg)
 
 
+def no_paths(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """A saved model config with the paths it names cleared: a latent diffusion is rebuilt from
+    its recorded autoencoder config and the weights in the file, so a loaded file never
+    chooses a path aigc reads."""
+    return {**model_cfg, "autoencoder": None} if "autoencoder" in model_cfg else dict(model_cfg)
+
+
 def build_model(model_cfg: Any, spec: DataSpec) -> GenerativeModel:
     cls, cfg = _entry_and_config(MODELS, "model", model_cfg)
     return cls(cfg, spec)
@@ -99,6 +106,10 @@ def resolve_checkpoint(
         return path
     if not path.exists():
         raise CheckpointError(f"run not found: {path}", hint="pass run=<run dir> from outputs/")
+    from aigc_cli.export import WEIGHTS, is_export
+
+    if is_export(path):  # an `aigc export` folder stands in for a run
+        return path / WEIGHTS
     ckpt = path / "checkpoints" / f"{which}.pt"
     if not ckpt.is_file():
         raise CheckpointError(
@@ -115,11 +126,16 @@ def run_dir_of(ckpt_path: Path) -> Path:
 def load_run(
     ckpt_path: Path, device: torch.device | str = "cpu", use_ema: bool = True
 ) -> tuple[GenerativeModel, dict[str, Any]]:
-    """Rebuild the model from a checkpoint alone: registry name + saved config + data spec."""
+    """Rebuild the model from a checkpoint alone: registry name + saved config + data spec (or
+    from an export folder's model.safetensors and config.json)."""
+    if Path(ckpt_path).suffix == ".safetensors":
+        from aigc_cli.export import read_export
+
+        return read_export(Path(ckpt_path).parent, device)
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")
     try:
         spec = DataSpec.from_dict(ckpt["dataset"]["spec"])
-        model = build_model(ckpt["model"]["config"], spec)
+        model = build_model(no_paths(ckpt["model"]["config"]), spec)
         state = ckpt.get("ema") if use_ema and ckpt.get("ema") else None
         model.load_state_dict(state["weights"] if state else ckpt["model_state"])
     except (KeyError, TypeError) as e:

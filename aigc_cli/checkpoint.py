@@ -25,6 +25,8 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None], what: str) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp's file is private (0600); the written file gets the usual permissions.
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -39,6 +41,12 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None], what: str) -> N
             ) from e
         raise
     _fsync_dir(path.parent)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The command line: `aigc train|sample|eval|list ...`. This is the only file that knows the
+"""The command line: `aigc train|sample|eval|export|list ...`. This is the only file that knows the
 subcommands; each is a Hydra app whose body is one call, so every Hydra flag (--cfg, --help, -m,
 hydra.run.dir=...) works after the subcommand. Errors a user can fix print one line, no traceback
 (HYDRA_FULL_ERROR=1 shows it)."""
@@ -18,6 +18,7 @@ COMMANDS = {
     "train": "train a model: aigc train model=gan dataset=shapes trainer.max_steps=2000",
     "sample": "write samples of a run: aigc sample [run=<run dir>] n=64 seed=1",
     "eval": "evaluate a run: aigc eval [run=<run dir>] [metrics=[nll,fid,kid,pr,coverage]]",
+    "export": "export a run: aigc export [run=<run dir>] [out=<dir>] [format=onnx] [dtype=bf16]",
     "list": "list the registered models and datasets",
 }
 USAGE = (
@@ -66,7 +67,14 @@ def list_command() -> None:
         console.print(table)
 
 
-APPS = {"train": train_app, "sample": sample_app, "eval": eval_app}
+@hydra.main(config_path=CONFIGS, config_name="export", version_base="1.3")
+def export_app(cfg: DictConfig) -> None:
+    from aigc_cli.runs import run_export
+
+    run_export(cfg)
+
+
+APPS = {"train": train_app, "sample": sample_app, "eval": eval_app, "export": export_app}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -115,6 +115,13 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
         return _run_eval(cfg)
 
 
+def run_export(cfg: DictConfig) -> Path:
+    from aigc_cli.export import run_export as _run_export
+
+    with user_errors():
+        return _run_export(cfg)
+
+
 def _run_train(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -152,6 +159,6 @@ def _train_one(
     # Fail on a bad trainer/optim value before paying for importing torch.
     validate_trainer(cfg.trainer)
     validate_optim(cfg.optim)
-    from aigc_cli.train import train
+    from aigc_cli.training import train
 
     return train(cfg, run_dir=run_dir, resume=resume, choices=choices)

@@ -38,7 +38,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from aigc_cli import logger as logger_module
-from aigc_cli import train as train_module
+from aigc_cli import training as train_module
 from aigc_cli.build import build_data, build_model
 from aigc_cli.config import validate_optim
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_module
 
-from aigc_cli.train import train
+from aigc_cli.training import train
 
 # Dense bf16 peak of the GPUs we report on (vendor datasheets), for model FLOPs utilisation.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}

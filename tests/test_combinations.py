@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from aigc_cli.checkpoint import load_checkpoint
-from aigc_cli.train import train
+from aigc_cli.training import train
 
 from .conftest import REPO, read_scalars, run_cli, tiny_overrides
 from .test_matrix import Recorder, _two_ranks
@@ -205,7 +205,7 @@ def test_no_function_in_the_package_is_longer_than_80_lines():
 
 
 def test_the_loop_fits_on_one_screen():
-    from aigc_cli import train as train_module
+    from aigc_cli import training as train_module
 
     source = Path(train_module.__file__).read_text()
     for node in ast.parse(source).body:

@@ -184,7 +184,7 @@ def test_conditional_grid_has_one_row_per_class():
 
 @pytest.mark.parametrize("family", ["diffusion", "flow"])
 def test_training_loss_falls_on_shapes(make_cfg, tmp_path, family):
-    from aigc_cli.train import train
+    from aigc_cli.training import train
 
     from .conftest import read_scalars
 

@@ -123,7 +123,7 @@ def _forked_rank(rank: int, port: int, cfg, run_dir: Path) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )  # fmt: skip
     torch.set_num_threads(1)  # as DataLoader workers do after a fork
-    from aigc_cli.train import train
+    from aigc_cli.training import train
 
     train(cfg, run_dir=run_dir)
 
@@ -136,7 +136,7 @@ def test_two_forked_ranks_match_one_process(make_cfg, tmp_path):
     import multiprocessing
 
     from aigc_cli.checkpoint import load_checkpoint
-    from aigc_cli.train import train
+    from aigc_cli.training import train
 
     cfg = make_cfg(*STEPS)
     one, two = tmp_path / "one", tmp_path / "two"

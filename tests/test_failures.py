@@ -18,7 +18,7 @@ from aigc_cli.errors import ConfigError, TrainingError
 from aigc_cli.models.vae import VAE
 from aigc_cli.noise import LOCAL
 from aigc_cli.signals import StopFlag, TrainingInterrupted
-from aigc_cli.train import train
+from aigc_cli.training import train
 
 from .conftest import read_scalars, tiny_overrides
 

@@ -10,7 +10,7 @@ from aigc_cli.data.base import DataSpec
 from aigc_cli.errors import ConfigError
 from aigc_cli.models.gan import GAN, gradient_penalty, pack_samples
 from aigc_cli.step import Optimization, apply_stage
-from aigc_cli.train import train
+from aigc_cli.training import train
 
 from .conftest import read_scalars
 

@@ -11,7 +11,7 @@ import torch
 from aigc_cli.build import load_run
 from aigc_cli.checkpoint import load_checkpoint
 from aigc_cli.errors import ConfigError
-from aigc_cli.train import train
+from aigc_cli.training import train
 
 SMALL = ["model.hidden=32", "model.timesteps=50", "model.steps=5", "trainer.max_steps=4"]
 

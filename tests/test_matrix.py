@@ -39,7 +39,12 @@ KIND_DATA = {
 }
 # Small sizes of the families that have them; a family not listed trains at its defaults.
 SMALL = {
-    "diffusion": ["model.base_channels=8", "model.timesteps=50", "model.steps=2", "model.hidden=32"],
+    "diffusion": [
+        "model.base_channels=8",
+        "model.timesteps=50",
+        "model.steps=2",
+        "model.hidden=32",
+    ],
     "flow": ["model.base_channels=8", "model.steps=2", "model.hidden=32"],
     "gan": ["model.g_channels=8", "model.d_channels=8", "model.hidden=32", "model.latent_dim=8"],
     "transformer": [
@@ -193,7 +198,7 @@ def _forked_rank(rank: int, port: int, cfg, run_dir: Path) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )  # fmt: skip
     torch.set_num_threads(1)
-    from aigc_cli.train import train
+    from aigc_cli.training import train
 
     train(cfg, run_dir=run_dir)
 
@@ -224,7 +229,7 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def run_cell(cell: dict[str, Any], make_cfg, tmp_path: Path) -> None:
-    from aigc_cli.train import train
+    from aigc_cli.training import train
 
     name, _ = cell["model"].split(":")
     cls = MODELS.get(name).obj

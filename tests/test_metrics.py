@@ -322,7 +322,9 @@ def test_sampler_and_nfe_stand_beside_every_sample_quality_figure(run_main, tmp_
     path = tmp_path / "outputs" / "dm" / "metrics.json"
     record = json.loads(path.read_text())
     assert record["test/nfe"] == 4 and np.isfinite(record["test/fid"])
-    assert record["methods"]["test/fid"].endswith("samples: ddim, 4 steps, 4 network evaluations per sample")
+    assert record["methods"]["test/fid"].endswith(
+        "samples: ddim, 4 steps, 4 network evaluations per sample"
+    )
     assert "samples/nfe" in event_tags(tmp_path / "outputs" / "dm")["scalars"]
     code, out, err = run_main("eval", "run=outputs/dm", "metrics=[fid]", "num_samples=16",
                               "batch_size=16", "sampler=ddpm")  # fmt: skip

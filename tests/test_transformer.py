@@ -14,7 +14,7 @@ from aigc_cli.data.text import (
 )
 from aigc_cli.errors import ConfigError, DataError
 from aigc_cli.models.transformer import Transformer, filter_logits
-from aigc_cli.train import train
+from aigc_cli.training import train
 
 from .conftest import read_scalars, run_cli
 

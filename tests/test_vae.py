@@ -6,7 +6,7 @@ import torch
 from aigc_cli.config import OptimConfig
 from aigc_cli.data.base import DataSpec
 from aigc_cli.models.vae import VAE
-from aigc_cli.train import train
+from aigc_cli.training import train
 
 from .conftest import read_scalars
 

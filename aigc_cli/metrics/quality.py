@@ -208,7 +208,9 @@ class SampleQuality:
         out: dict[str, float] = {}
         if hasattr(model, "last_nfe"):
             out["nfe"] = float(model.last_nfe)
-            about = model.describe_sampler(sample_options.get("sampler"), sample_options.get("steps"))
+            about = model.describe_sampler(
+                sample_options.get("sampler"), sample_options.get("steps")
+            )
             self.sampler = f"{about}, {model.last_nfe} network evaluations per sample"
         if "fid" in self.names:
             out["fid"] = stats.fid(real, torch.cat(feats))

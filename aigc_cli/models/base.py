@@ -3,8 +3,8 @@ groups, sampling); the training loop owns the mechanics (backward, AMP, clipping
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,6 +25,21 @@ class Stage:
     opt_name: str
     loss: Tensor
     scalars: dict[str, Tensor]  # logged as <opt_name>/<key>; detached tensors, no .item() here
+
+
+@dataclass
+class OnnxGraph:
+    """One graph of `aigc export format=onnx`: a module over named tensor inputs. `example(n)`
+    draws random inputs with batch n (and past or sequence length n where there is one), so the
+    check can run the graph on other sizes than it was traced with. Randomness is always an
+    input (the latent, the noisy image), never inside the graph."""
+
+    name: str
+    module: nn.Module
+    example: Callable[[int], dict[str, Tensor]]
+    outputs: list[str]
+    dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
+    about: str = ""  # what the inputs and outputs mean, for the model card
 
 
 class GenerativeModel(nn.Module):
@@ -60,6 +75,10 @@ class GenerativeModel(nn.Module):
         """The loop's training batches. A family may hand it a transformed copy of the data
         instead (latent diffusion encodes the training images once)."""
         return data.train_iter(batch_size, seed)
+
+    def onnx_graphs(self) -> list[OnnxGraph]:
+        """The family's generating path as ONNX graphs; none = the family has no ONNX export."""
+        return []
 
     def uncompiled(self) -> dict[str, str]:
         """Children that `trainer.compile` must leave eager, each with the reason."""

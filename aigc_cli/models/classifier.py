@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from aigc_cli.config import check
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.errors import ConfigError
-from aigc_cli.models.base import GenerativeModel, Stage
+from aigc_cli.models.base import GenerativeModel, OnnxGraph, Stage
 from aigc_cli.models.nets import conv_levels, level_channels
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.registry import MODELS
@@ -77,6 +77,15 @@ class Classifier(GenerativeModel):
     def logits(self, x: Tensor) -> Tensor:
         return self.head(self.features(x)).float()
 
+    def onnx_graphs(self) -> list[OnnxGraph]:
+        shape = list(self.spec.shape)
+        return [OnnxGraph(
+            "classifier", _LogitsAndFeatures(self), lambda n: {"image": torch.rand(n, *shape)},
+            ["logits", "features"], {k: {0: "batch"} for k in ("image", "logits", "features")},
+            f"image (batch, {', '.join(map(str, shape))}) in [0, 1] → logits (batch, "
+            f"{self.spec.num_classes}) and the features FID is computed on",
+        )]  # fmt: skip
+
     def training_step(self, batch: Batch, step: int, noise: Noise = LOCAL) -> Iterator[Stage]:
         x, y = batch[0], batch[1].long()
         logits = self.logits(x)
@@ -106,3 +115,13 @@ class Classifier(GenerativeModel):
             hint="it is the feature network of `aigc eval metrics=[fid,kid,pr,coverage]`; "
             "sample a run of a generative model",
         )
+
+
+class _LogitsAndFeatures(nn.Module):
+    def __init__(self, clf: Classifier) -> None:
+        super().__init__()
+        self.clf = clf
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.clf.features(image)
+        return self.clf.head(features).float(), features

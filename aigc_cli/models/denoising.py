@@ -9,12 +9,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from aigc_cli.config import check
 from aigc_cli.data.base import Batch, BatchIterator, DataModule, DataSpec, TensorData
 from aigc_cli.errors import ConfigError
-from aigc_cli.models.base import GenerativeModel
+from aigc_cli.models.base import GenerativeModel, OnnxGraph
 from aigc_cli.models.nets import PointDenoiser, UNet
 from aigc_cli.noise import LOCAL, Noise
 
@@ -166,6 +166,38 @@ class DenoisingModel(GenerativeModel):
             )
         return sampler, steps, guidance
 
+    # ---- export ------------------------------------------------------------------------------
+    def network_time(self, t: Tensor) -> Tensor:
+        """The family's time as the network takes it (flows scale theirs)."""
+        return t
+
+    def example_times(self, n: int) -> Tensor:
+        raise NotImplementedError
+
+    #: what the denoiser graph's t and prediction are, for the model card
+    time_about = ""
+
+    def onnx_graphs(self) -> list[OnnxGraph]:
+        """The network (x_t, t, y → its prediction); the sampler's loop stays outside, so any
+        step count or sampler runs on it. Latent diffusion adds the VAE's decoder graph."""
+        from aigc_cli.models.vae import decoder_graph
+
+        shape, k = list(self.latent_shape), self.num_classes
+
+        def example(n: int) -> dict[str, Tensor]:
+            x = {"x_t": torch.randn(n, *shape), "t": self.example_times(n)}
+            return {**x, "y": torch.randint(0, k + 1, (n,))} if k else x
+
+        names = ["x_t", "t", "prediction", *(["y"] if k else [])]
+        about = f"x_t (batch, {', '.join(map(str, shape))}), {self.time_about}"
+        if k:
+            about += f", y (batch,) class in [0, {k}), {k} = no label (unconditional)"
+        graphs = [OnnxGraph("denoiser", _Denoise(self), example, ["prediction"],
+                            {n: {0: "batch"} for n in names}, about)]  # fmt: skip
+        if self.vae is not None:
+            graphs.append(decoder_graph(self.vae))
+        return graphs
+
     def initial_noise(self, n: int, generator: torch.Generator | None) -> Tensor:
         """x_T (or x_0 for flows), drawn on the CPU so a seed gives the same samples on
         every device."""
@@ -199,3 +231,12 @@ def frozen_autoencoder(cfg: Any, data: DataSpec) -> Any:
             hint="train the VAE on the same dataset and image size",
         )
     return vae.eval().requires_grad_(False)
+
+
+class _Denoise(nn.Module):
+    def __init__(self, model: DenoisingModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.model.net(x_t, self.model.network_time(t), y).float()

@@ -101,6 +101,14 @@ class Diffusion(DenoisingModel):
         eta: float = 0.0  # DDIM: 0 = deterministic, 1 = DDPM-like noise
         clip_x0: bool = True  # images: clip the predicted x0 to [-1, 1] while sampling
 
+    @property
+    def time_about(self) -> str:  # type: ignore[override]
+        return (f"t (batch,) the step index 0..{self.sched.T - 1} as float (0 = least noise) → "
+                f"prediction: {self.cfg.prediction}")  # fmt: skip
+
+    def example_times(self, n: int) -> Tensor:
+        return torch.randint(0, self.sched.T, (n,)).float()
+
     def __init__(self, cfg: Config, data: DataSpec) -> None:
         check(cfg.timesteps >= 2, "model.timesteps", "must be >= 2")
         check(cfg.schedule in ("linear", "cosine"), "model.schedule",

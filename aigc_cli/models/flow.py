@@ -37,6 +37,14 @@ class Flow(DenoisingModel):
     def __init__(self, cfg: Config, data: DataSpec) -> None:
         super().__init__(cfg, data)
 
+    time_about = "t (batch,) in [0, 1] (0 = noise, 1 = data) → prediction: the velocity"
+
+    def network_time(self, t: Tensor) -> Tensor:
+        return t * TIME_SCALE
+
+    def example_times(self, n: int) -> Tensor:
+        return torch.rand(n)
+
     def velocity(self, x: Tensor, t: Tensor, y: Tensor | None, guidance: float = 1.0) -> Tensor:
         return self.guided(x, t * TIME_SCALE, y, guidance).float()
 

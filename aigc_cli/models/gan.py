@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 
 from aigc_cli.config import OptimConfig, check
 from aigc_cli.data.base import Batch, DataSpec
-from aigc_cli.models.base import GenerativeModel, Stage
+from aigc_cli.models.base import GenerativeModel, OnnxGraph, Stage
 from aigc_cli.models.nets import conv_levels, level_channels, mlp
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
@@ -322,6 +322,19 @@ class GAN(GenerativeModel):
         z = torch.randn(n, self.cfg.latent_dim, generator=generator).to(self.device)
         return self._from_model(self.generator(z, y).float())
 
+    def onnx_graphs(self) -> list[OnnxGraph]:
+        dim, k = self.cfg.latent_dim, self.num_classes
+
+        def example(n: int) -> dict[str, Tensor]:
+            z = {"z": torch.randn(n, dim)}
+            return {**z, "y": torch.randint(0, k, (n,))} if k else z
+
+        dynamic = {"z": {0: "batch"}, "image": {0: "batch"}, **({"y": {0: "batch"}} if k else {})}
+        shape = ", ".join(map(str, self.spec.shape))
+        about = f"z (batch, {dim}) from N(0, I)" + (f", y (batch,) class in [0, {k})" if k else "")
+        return [OnnxGraph("generator", _Generate(self), example, ["image"], dynamic,
+                          f"{about} → image (batch, {shape}) in [0, 1]")]  # fmt: skip
+
     @torch.no_grad()
     def interpolate(
         self, n: int, *, generator: torch.Generator | None = None, steps: int = 8
@@ -336,3 +349,12 @@ class GAN(GenerativeModel):
             y = torch.randint(0, self.num_classes, (rows,), generator=generator)
             y = y.repeat_interleave(steps).to(self.device)
         return self._from_model(self.generator(z, y).float()), steps
+
+
+class _Generate(nn.Module):
+    def __init__(self, gan: GAN) -> None:
+        super().__init__()
+        self.gan = gan
+
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.gan._from_model(self.gan.generator(z, y).float())

@@ -20,7 +20,7 @@ from aigc_cli.config import OptimConfig, check
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.data.text import tokenizer_from_dict
 from aigc_cli.errors import DataError
-from aigc_cli.models.base import GenerativeModel, Stage
+from aigc_cli.models.base import GenerativeModel, OnnxGraph, Stage
 from aigc_cli.models.pixels import PixelCodec
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
@@ -51,9 +51,11 @@ class CausalSelfAttention(nn.Module):
             cache["k"], cache["v"] = k, v
         if past and t > 1:
             raise ValueError("the KV cache takes one token at a time after the prompt")
-        # New tokens see all cached ones; within a fresh sequence the mask is causal.
+        # New tokens see all cached ones; within a fresh sequence the mask is causal. (bool():
+        # under the ONNX tracer the sizes are tensors; each traced graph fixes this choice.)
+        causal = bool(past == 0 and t > 1)
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=past == 0 and t > 1, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )  # (B, heads, T, head_dim)
         y = y.transpose(1, 2).contiguous().view(b, t, c)  # (B, T, C)
         return self.resid_drop(self.proj(y))
@@ -172,6 +174,12 @@ class Transformer(GenerativeModel):
         block = cfg.block_size or needed
         check(block >= needed, "model.block_size", f"{block} is shorter than the {what} ({needed})")
         self.gpt = GPT(vocab, block, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout)
+
+    def onnx_graphs(self) -> list[OnnxGraph]:
+        """`model` (tokens → logits), and the key/value-cache pair Optimum names `prefill`
+        (tokens → logits and each layer's keys and values) and `decode` (one token and the
+        past keys and values → logits and the extended keys and values)."""
+        return transformer_graphs(self.gpt, self.cfg.n_head)
 
     def optimizers(self, optim: OptimConfig) -> dict[str, Optimizer]:
         """AdamW with weight decay on matrices only (embeddings included, as in nanoGPT), never
@@ -325,3 +333,58 @@ class Transformer(GenerativeModel):
             return self.tokenizer.encode("\n")[0]
         except DataError:  # a char vocabulary without newlines
             return 0
+
+
+class _Logits(nn.Module):
+    def __init__(self, gpt: GPT) -> None:
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.gpt(input_ids).float()
+
+
+class _Prefill(_Logits):
+    def forward(self, input_ids: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        cache: KVCache = [{} for _ in self.gpt.blocks]
+        logits = self.gpt(input_ids, cache).float()
+        return (logits, *[t for c in cache for t in (c["k"], c["v"])])
+
+
+class _Decode(_Logits):
+    def forward(self, input_ids: Tensor, *past: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        cache: KVCache = [{"k": past[2 * i], "v": past[2 * i + 1]} for i in range(len(past) // 2)]
+        logits = self.gpt(input_ids, cache).float()
+        return (logits, *[t for c in cache for t in (c["k"], c["v"])])
+
+
+def transformer_graphs(gpt: GPT, n_head: int) -> list[OnnxGraph]:
+    vocab, layers = gpt.wte.num_embeddings, len(gpt.blocks)
+    head_dim = gpt.wte.embedding_dim // n_head
+    kv = [f"{i}.{part}" for i in range(layers) for part in ("key", "value")]
+    past, present = [f"past_key_values.{k}" for k in kv], [f"present.{k}" for k in kv]
+    tokens = {"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
+
+    def ids(n: int, length: int) -> Tensor:
+        return torch.randint(0, vocab, (n, length))
+
+    def with_past(n: int) -> dict[str, Tensor]:
+        return {"input_ids": ids(n, 1), **{k: torch.randn(n, n_head, n, head_dim) for k in past}}
+
+    cache_axes = {k: {0: "batch", 2: "past_sequence"} for k in past}
+    cache_axes |= {k: {0: "batch", 2: "total_sequence"} for k in present}
+    about = (
+        f"input_ids (batch, sequence) of token ids in [0, {vocab}) → logits (batch, sequence, "
+        f"{vocab})"
+    )
+    kv_about = f"; keys and values are (batch, {n_head} heads, length, {head_dim})"
+    return [
+        OnnxGraph("model", _Logits(gpt), lambda n: {"input_ids": ids(n, n + 1)}, ["logits"],
+                  tokens, about),
+        OnnxGraph("prefill", _Prefill(gpt), lambda n: {"input_ids": ids(n, n + 1)},
+                  ["logits", *present], {**tokens, **cache_axes}, about + ", present.*" + kv_about),
+        OnnxGraph("decode", _Decode(gpt), with_past, ["logits", *present],
+                  {**tokens, **cache_axes},
+                  "input_ids (batch, 1) and past_key_values.* → logits (batch, 1, vocab) and "
+                  "present.* (the past plus this token)" + kv_about),
+    ]  # fmt: skip

@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from aigc_cli.config import check
 from aigc_cli.data.base import Batch, DataSpec
-from aigc_cli.models.base import GenerativeModel, Stage
+from aigc_cli.models.base import GenerativeModel, OnnxGraph, Stage
 from aigc_cli.models.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.registry import MODELS
@@ -187,6 +187,9 @@ class VAE(GenerativeModel):
         z = torch.randn(n, self.cfg.latent_dim, generator=generator).to(self.device)
         return self.mean_image(z).clamp(0, 1)
 
+    def onnx_graphs(self) -> list[OnnxGraph]:
+        return [decoder_graph(self)]
+
     @torch.no_grad()
     def interpolate(
         self, n: int, *, generator: torch.Generator | None = None, steps: int = 8
@@ -203,3 +206,24 @@ class VAE(GenerativeModel):
         mu, _ = self.encode(x)
         recon = self.mean_image(mu).clamp(0, 1)
         return {"reconstructions": torch.cat([x.float(), recon])}  # originals, then recons
+
+
+class _MeanImage(nn.Module):
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.vae.mean_image(z).clamp(0, 1)
+
+
+def decoder_graph(vae: VAE) -> OnnxGraph:
+    """z → the decoder's mean image in [0, 1], as `sample` draws it (latent diffusion decodes
+    its samples with the same graph)."""
+    dim = vae.cfg.latent_dim
+    return OnnxGraph(
+        "decoder", _MeanImage(vae), lambda n: {"z": torch.randn(n, dim)}, ["image"],
+        {"z": {0: "batch"}, "image": {0: "batch"}},
+        f"z (batch, {dim}) from N(0, I) → image (batch, {', '.join(map(str, vae.spec.shape))}) "
+        "in [0, 1]",
+    )  # fmt: skip

@@ -1,0 +1,327 @@
+"""`aigc export`: a trained run as a self-contained folder. `model.safetensors` holds the weights
+(plain tensors behind a JSON header: loading runs no code), `config.json` everything needed to
+rebuild the model (registry name, model config, data spec with its tokenizer and class names)
+and the run's final metrics, `README.md` a model card. `format=onnx` adds the family's
+generating graphs, each checked against PyTorch (aigc_cli/onnx_export.py).
+
+An export folder works wherever a run does: `aigc sample run=<folder>`, `aigc eval`,
+`init_from=`, and `aigc_cli.load(<folder>)` from Python."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aigc_cli.config import validate
+from aigc_cli.errors import CheckpointError, ConfigError
+
+EXPORT_FORMAT = "aigc-export"
+EXPORT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FORMATS = ("safetensors", "onnx")
+
+
+@dataclass
+class ExportConfig:
+    run: str | None = None  # run dir or checkpoint file; null = the newest run
+    checkpoint: str = "last"  # last | best
+    out: str | None = None  # the folder to write; null = <run>/export
+    format: str = "safetensors"  # safetensors | onnx (the safetensors folder plus ONNX graphs)
+    ema: bool = True  # export the EMA weights when the run kept them
+    dtype: str = "fp32"  # fp32 | bf16 | fp16: the stored weights' type
+    overwrite: bool = False  # replace an existing `out` folder
+    device: str = "cpu"  # where the ONNX check runs PyTorch's side
+
+
+def is_export(path: Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / WEIGHTS).is_file() and (path / CONFIG).is_file()
+
+
+def run_export(node: Any) -> Path:
+    """The command: validate, load the run, write the folder (atomically), print what it holds."""
+    from aigc_cli.build import load_run, resolve_checkpoint, run_dir_of
+    from aigc_cli.console import console
+
+    cfg = validate("export", ExportConfig, {k: v for k, v in node.items() if k != "hydra"})
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"bad value for 'format': '{cfg.format}'; choose from: "
+                          f"{', '.join(FORMATS)}")  # fmt: skip
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"bad value for 'dtype': '{cfg.dtype}'; choose from: {', '.join(DTYPES)}")
+    if cfg.format == "onnx":
+        from aigc_cli.onnx_export import require_onnx
+
+        require_onnx()
+    ckpt_path = resolve_checkpoint(cfg.run, cfg.checkpoint)
+    out = Path(cfg.out) if cfg.out else run_dir_of(ckpt_path) / "export"
+    if out.exists() and not cfg.overwrite:
+        raise ConfigError(
+            f"{out} already exists; nothing was written",
+            hint="pass overwrite=true to replace it, or out=<another folder>",
+        )
+    model, ckpt = load_run(ckpt_path, "cpu", use_ema=cfg.ema)
+    used_ema = bool(cfg.ema and ckpt.get("ema"))
+    meta = export_config(model, ckpt, cfg.dtype, used_ema)
+    meta.update(run_record(run_dir_of(ckpt_path), ckpt_path, int(ckpt["step"])))
+
+    def fill(folder: Path) -> None:
+        save_weights(model.state_dict(), folder / WEIGHTS, DTYPES[cfg.dtype])
+        if cfg.format == "onnx":
+            from aigc_cli.onnx_export import export_onnx
+
+            # The graphs carry the weights as stored (rounded to dtype), computed in fp32.
+            exported, _ = read_weights_into(model, folder)
+            meta["onnx"] = export_onnx(exported, folder, torch.device(cfg.device))
+        write_metadata(folder, model, meta, ckpt_path)
+
+    replace_folder(out, fill)
+    for g in meta.get("onnx", []):
+        diff = f"largest difference {g['max_diff']:.2e} (tolerance {g['tolerance']:.0e})"
+        console.print(f"{g['file']}: onnxruntime vs PyTorch, {diff}", soft_wrap=True)
+    what = "EMA" if used_ema else "live"
+    console.print(f"[green]exported[/] {ckpt_path} (step {ckpt['step']}, {what} weights, "
+                  f"{cfg.dtype}) → {out}", soft_wrap=True)  # fmt: skip
+    return out
+
+
+def replace_folder(out: Path, fill: Any) -> None:
+    """Build the folder beside its destination and move it into place only when complete, so a
+    failed export (an ONNX check above tolerance) leaves no half folder and the old one intact."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise ConfigError(f"cannot write to {out.parent}: {e.strerror or e}") from e
+    try:
+        from aigc_cli.checkpoint import current_umask
+
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would keep the folder private
+        fill(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_metadata(folder: Path, model: Any, meta: dict[str, Any], ckpt_path: Path) -> None:
+    from aigc_cli.checkpoint import atomic_write_text
+
+    atomic_write_text(folder / CONFIG, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(folder / "README.md", model_card(model, meta, ckpt_path))
+
+
+def read_weights_into(model: Any, folder: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A copy of `model` holding the folder's weights (as stored, back in fp32)."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    state = load_weights(folder / WEIGHTS)
+    clone.load_state_dict(state)
+    return clone.eval(), state
+
+
+def run_record(run_dir: Path, ckpt_path: Path, step: int) -> dict[str, Any]:
+    """The figures the run measured at this checkpoint's step (metrics.json's final ones, and
+    `aigc eval`'s of this checkpoint), with their methods, and the command line that trained
+    it (Hydra's record in the run dir)."""
+    out: dict[str, Any] = {"metrics": {}, "methods": {}, "overrides": []}
+    path = run_dir / "metrics.json"
+    record: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+        except ValueError:
+            record = {}
+    figures = dict(record) if record.get("step") == step else {}
+    evaluated = (record.get("eval") or {}).get(Path(ckpt_path).stem) or {}
+    if evaluated.get("step") == step:
+        figures.update(evaluated)
+    for k, v in figures.items():
+        if k.startswith("test/") and isinstance(v, int | float):
+            out["metrics"][k] = v
+    out["methods"] = {k: v for k, v in (figures.get("methods") or {}).items()
+                      if k in out["metrics"]}  # fmt: skip
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        from omegaconf import OmegaConf
+
+        try:
+            out["overrides"] = [str(o) for o in OmegaConf.load(overrides)]
+        except Exception:  # a damaged Hydra record only loses the card's command line
+            out["overrides"] = []
+    return out
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype) -> None:
+    """safetensors refuses tensors that share memory (the transformer's tied embedding and
+    output head): each shared tensor is stored once and its other names recorded in the
+    header's metadata, to be filled in again on load."""
+    from safetensors.torch import save
+
+    from aigc_cli.checkpoint import atomic_write_bytes
+
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        t = t.detach().cpu()
+        tensors[name] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
+    data = save(tensors, metadata={"format": EXPORT_FORMAT, "aliases": json.dumps(aliases)})
+    atomic_write_bytes(path, data)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    except Exception as e:  # safetensors raises its own error types for a damaged header
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})",
+                              hint="export the run again with `aigc export`") from e  # fmt: skip
+    for name, source in aliases.items():
+        state[name] = state[source]
+    return state
+
+
+def export_config(model: Any, ckpt: dict[str, Any], dtype: str, used_ema: bool) -> dict:
+    """config.json: what rebuilds the model; run_record adds what the run measured."""
+    spec = model.spec.to_dict()
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "model": {"name": model.cfg.name, "config": asdict(model.cfg)},
+        "dataset": {
+            "name": ckpt["dataset"]["name"],
+            "spec": spec,
+            "config": ckpt["dataset"].get("config") or {},
+        },
+        "tokenizer": spec.get("tokenizer") or None,
+        "class_names": spec.get("class_names") or [],
+        "step": int(ckpt["step"]),
+        "weights": {"dtype": dtype, "ema": used_ema, "parameters": count_parameters(model)},
+        "choices": ckpt.get("choices") or {},
+    }
+
+
+def count_parameters(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_card(model: Any, meta: dict[str, Any], ckpt_path: Path) -> str:
+    from aigc_cli.registry import MODELS
+
+    name = meta["model"]["name"]
+    spec = meta["dataset"]["spec"]
+    shape = "×".join(str(s) for s in spec["shape"])
+    lines = [
+        f"# {name} on {meta['dataset']['name']}",
+        "",
+        f"{MODELS.get(name).description} Trained with aigc for {meta['step']} steps; exported "
+        f"from `{ckpt_path}` ({'EMA' if meta['weights']['ema'] else 'live'} weights, "
+        f"{meta['weights']['dtype']}).",
+        "",
+        f"- parameters: {meta['weights']['parameters'] / 1e6:.2f}M",
+        f"- data: {meta['dataset']['name']}, {spec['kind']} of shape {shape}"
+        + (f", classes: {', '.join(spec['class_names'])}" if spec.get("class_names") else ""),
+    ]
+    if spec.get("tokenizer"):
+        lines.append(f"- tokenizer: {spec['tokenizer'].get('kind')}, {spec['vocab_size']} tokens")
+    command = " ".join(["aigc train", *meta["overrides"]]) if meta["overrides"] else ""
+    if command:
+        lines.append(f"- trained by: `{command}`")
+    if meta["metrics"]:
+        lines += ["", "## Metrics", "", "| metric | value | how |", "|---|---|---|"]
+        for k, v in meta["metrics"].items():
+            value = f"{v:.5g}" if isinstance(v, float) else str(v)
+            lines.append(f"| {k} | {value} | {meta['methods'].get(k, '')} |")
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```",
+        "aigc sample run=<this folder>" + (' prompt="..."' if spec["kind"] == "text" else ""),
+        "```",
+        "```python",
+        "import aigc_cli as aigc",
+        "model = aigc.load('<this folder>')",
+        "samples = model.sample(4, seed=0)" + ("  # texts" if spec["kind"] == "text" else
+                                               "  # images in [0, 1], (n, C, H, W)"),
+        "```",
+    ]  # fmt: skip
+    if meta["model"]["config"].get("autoencoder_config"):
+        lines += ["", "The frozen VAE of this latent diffusion is part of the weights (`vae.*`)."]
+    if meta.get("onnx"):
+        lines += ["", "## ONNX", "", "Batch and sequence sizes are dynamic; each graph was run "
+                  "by onnxruntime against PyTorch on inputs of other sizes than it was traced "
+                  "with.", "", "| graph | inputs → outputs | largest difference |",
+                  "|---|---|---|"]  # fmt: skip
+        for g in meta["onnx"]:
+            lines.append(f"| {g['file']} | {g['about']} | {g['max_diff']:.1e} (tolerance "
+                         f"{g['tolerance']:.0e}) |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def read_export(folder: Path, device: torch.device | str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """The model of an export folder and a checkpoint-like record (model, dataset, step,
+    metrics) for the commands that take a run. Reads only the folder's two files; the
+    config names registry entries, never paths (a latent diffusion's autoencoder is rebuilt
+    from its recorded config, its weights are in the file)."""
+    from aigc_cli.build import build_model, no_paths
+    from aigc_cli.data.base import DataSpec
+
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder / CONFIG} cannot be read ({e})",
+                              hint="export the run again with `aigc export`") from e  # fmt: skip
+    if meta.get("format") != EXPORT_FORMAT or int(meta.get("format_version", 0)) > EXPORT_VERSION:
+        raise CheckpointError(
+            f"{folder} is not an aigc export of format version {EXPORT_VERSION} or older",
+            hint="export it again with this version's `aigc export`",
+        )
+    try:
+        model = build_model(
+            no_paths(meta["model"]["config"]), DataSpec.from_dict(meta["dataset"]["spec"])
+        )
+        model.load_state_dict(load_weights(folder / WEIGHTS))
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder / CONFIG} is missing {e}",
+                              hint="export the run again with `aigc export`") from e  # fmt: skip
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"the weights in {folder / WEIGHTS} do not fit model '{meta['model']['name']}' "
+            f"({str(e).splitlines()[0][:100]})",
+        ) from e
+    record = {
+        "model": meta["model"],
+        "dataset": meta["dataset"],
+        "step": meta["step"],
+        "metrics": meta.get("metrics", {}),
+        "config": {},
+        "ema": None,
+    }
+    return model.to(device).eval(), record
