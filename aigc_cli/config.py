@@ -21,7 +21,8 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "32"  # 32 | bf16 | 16 (16 uses a GradScaler)
     max_steps: int = 1000  # optimizer steps (a GAN step = one D and one G update)
-    batch_size: int = 64  # samples per step
+    batch_size: int = 64  # samples per micro-batch (all ranks together)
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
     grad_clip: float = 0.0  # max global grad norm per optimizer; 0 = no clipping
     log_every: int = 25  # scalars to TensorBoard and the progress bar
     eval_every: int = 500  # evaluation on the test split; 0 = only at the end
@@ -125,6 +126,7 @@ def validate_trainer(node: Any) -> TrainerConfig:
     t = validate("trainer", TrainerConfig, node)
     check(t.max_steps >= 1, "trainer.max_steps", f"{t.max_steps} must be >= 1")
     check(t.batch_size >= 1, "trainer.batch_size", f"{t.batch_size} must be >= 1")
+    check(t.accumulate >= 1, "trainer.accumulate", f"{t.accumulate} must be >= 1 (1 = off)")
     check(t.grad_clip >= 0, "trainer.grad_clip", f"{t.grad_clip} must be >= 0 (0 = off)")
     for k in ("log_every", "eval_every", "sample_every", "ckpt_every", "eval_batches", "threads"):
         check(getattr(t, k) >= 0, f"trainer.{k}", f"{getattr(t, k)} must be >= 0")

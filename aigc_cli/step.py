@@ -48,41 +48,51 @@ class StepResult:
 
 def train_step(
     model: GenerativeModel,
-    batch: Batch,
+    batches: Batch | list[Batch],
     step: int,
     opt: Optimization,
     noise: Noise,
     want_norm: bool = False,
 ) -> StepResult:
-    """Run the model's stages for one batch. Under `skip_nonfinite`, a non-finite loss in any
-    stage (on any rank: the ranks decide together) undoes the stages already applied in this
-    step (a GAN's D update when G's loss is bad), so a skipped step changes no weight and no
-    optimizer state; the schedules still advance, being functions of the loop's step."""
+    """Run the model's stages for one batch, or for the micro-batches of one step under
+    gradient accumulation: each stage runs on every micro-batch (gradients summed, each loss
+    weighted 1/N), then its optimizer steps once, so N micro-batches make the step one N-times
+    batch would (BatchNorm aside, which sees each micro-batch alone). Under `skip_nonfinite`, a
+    non-finite loss in any stage (of any micro-batch, on any rank: the ranks decide together)
+    undoes the stages already applied in this step (a GAN's D update when G's loss is bad), so
+    a skipped step changes no weight and no optimizer state; the schedules still advance, being
+    functions of the loop's step."""
+    micro = batches if isinstance(batches, list) else [batches]
     # Buffers (BatchNorm's running statistics) move in the forward pass, before a bad loss is
     # seen; they are small, so a step that may be skipped keeps a copy.
     buffers = [b.detach().clone() for b in model.buffers()] if opt.skip_nonfinite else []
-    stages = model.training_step(batch, step, noise)
+    noises = noise.split(len(micro))
+    runs = [model.training_step(b, step, z) for b, z in zip(micro, noises, strict=True)]
     undo: list[tuple[Optimizer, dict[str, Any], list[Tensor]]] = []
     scalars: dict[str, Tensor] = {}
     norms: dict[str, Tensor] = {}
     stepped = skipped = False
     while True:
         with opt.autocast():
-            stage = next(stages, None)
-        if stage is None:
+            stages = [next(r, None) for r in runs]
+        if stages[0] is None:
             break
-        if opt.skip_nonfinite and not distributed.all_finite(stage.loss, opt.world):
+        if opt.skip_nonfinite and not distributed.all_finite(
+            torch.stack([s.loss.detach().float() for s in stages]), opt.world
+        ):
             skipped = True
             break
+        name = stages[0].opt_name
         if opt.skip_nonfinite and len(opt.optimizers) > 1:
-            undo.append(snapshot(opt.optimizers[stage.opt_name]))
-        norm = apply_stage(stage, opt, want_norm)
+            undo.append(snapshot(opt.optimizers[name]))
+        norm = apply_stage(stages, opt, want_norm)
         stepped = True
-        for k, v in stage.scalars.items():
-            scalars[f"{stage.opt_name}/{k}"] = v.float()
+        for k in stages[0].scalars:
+            scalars[f"{name}/{k}"] = sum(s.scalars[k].float() for s in stages) / len(stages)
         if norm is not None:
-            norms[f"{stage.opt_name}/grad_norm"] = norm.float()
-    stages.close()
+            norms[f"{name}/grad_norm"] = norm.float()
+    for r in runs:
+        r.close()
     if stepped:  # the GradScaler's inf checks of this step's optimizers
         opt.scaler.update()
     if skipped:
@@ -99,15 +109,21 @@ def train_step(
     return StepResult(skipped, scalars, norms)
 
 
-def apply_stage(stage: Stage, opt: Optimization, want_norm: bool = True) -> Tensor | None:
-    """backward → (average over ranks) → unscale → clip → step for one stage; returns the
-    gradient norm (a tensor, so reading it costs no sync), or None when there is no clipping
-    and `want_norm` is false: the norm is a full pass over the gradients, so the loop asks for
-    it only on steps it logs. Only `optimizers[stage.opt_name]` steps: a GAN's generator stage
-    leaves the discriminator's weights alone even though gradients reach them."""
-    optimizer = opt.optimizers[stage.opt_name]
+def apply_stage(
+    stages: Stage | list[Stage], opt: Optimization, want_norm: bool = True
+) -> Tensor | None:
+    """backward (of each micro-batch's stage) → (average over ranks) → unscale → clip → step;
+    returns the gradient norm (a tensor, so reading it costs no sync), or None when there is no
+    clipping and `want_norm` is false: the norm is a full pass over the gradients, so the loop
+    asks for it only on steps it logs. Only `optimizers[stage.opt_name]` steps: a GAN's
+    generator stage leaves the discriminator's weights alone even though gradients reach them.
+    The ranks average once, after the last micro-batch, so the others cost no communication."""
+    stages = stages if isinstance(stages, list) else [stages]
+    optimizer = opt.optimizers[stages[0].opt_name]
     optimizer.zero_grad(set_to_none=True)
-    opt.scaler.scale(stage.loss).backward()
+    for stage in stages:
+        loss = stage.loss if len(stages) == 1 else stage.loss / len(stages)
+        opt.scaler.scale(loss).backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     # Before clipping, so the clip sees the global batch's gradient.
     distributed.average_gradients(params, opt.world)

@@ -142,7 +142,8 @@ def loop(run: Run) -> dict[str, float]:
     try:
         with stop.installed():
             while run.step < t.max_steps:
-                batch = tuple(to_device(x, run.device, run.layout) for x in next(run.batches))
+                batch = [tuple(to_device(x, run.device, run.layout) for x in next(run.batches))
+                         for _ in range(t.accumulate)]  # fmt: skip
                 want_norm = logs_after(t, run.step + 1)
                 result = train_step(run.model, batch, run.step, run.opt, run.noise, want_norm)
                 record(run, result)
@@ -171,7 +172,7 @@ def loop(run: Run) -> dict[str, float]:
 
 def record(run: Run, result: StepResult) -> None:
     """A step's outcome into the run: scalars to the tally, EMA after a real update."""
-    run.speed.add(run.t.batch_size)
+    run.speed.add(run.t.batch_size * run.t.accumulate)
     if result.skipped:
         run.skipped += 1
         return
@@ -398,7 +399,9 @@ def describe(run: Run, notes: list[str]) -> None:
         f"model [bold]{run.model.cfg.name}[/] ({n_params / 1e6:.2f}M parameters) on "
         f"{run.device}, precision {run.t.precision}"
         + (f", {run.world.size} ranks × batch {per_rank}" if run.world.parallel else "")
-    )
+        + (f", {run.t.accumulate} micro-batches of {run.t.batch_size} per step "
+           f"({run.t.batch_size * run.t.accumulate} samples)" if run.t.accumulate > 1 else "")
+    )  # fmt: skip
 
 
 def check_metric_name(run: Run) -> None:

@@ -104,6 +104,8 @@ def pairwise(factors: dict[str, list[Any]], seed: int = 0) -> list[dict[str, Any
 
 def cell_id(cell: dict[str, Any]) -> str:
     flags = [k for k in ("compile", "ema", "nonfinite", "resume") if cell[k]]
+    if cell.get("accumulate", 1) > 1:
+        flags.append(f"acc{cell['accumulate']}")
     return "-".join([cell["model"], cell["precision"], *flags, f"r{cell['ranks']}"])
 
 
@@ -112,8 +114,13 @@ def all_cells() -> list[dict[str, Any]]:
     return [{"model": f"{m}:{k}", **c} for m, k in model_kinds() for c in combos]
 
 
+# Factors the covering set pairs with all the others, but the full product leaves at their
+# first value (it would double with each).
+PAIRWISE_ONLY: dict[str, list[Any]] = {"accumulate": [1, 2]}
+
+
 def covering_cells() -> list[dict[str, Any]]:
-    return pairwise({"model": [f"{m}:{k}" for m, k in model_kinds()], **FACTORS})
+    return pairwise({"model": [f"{m}:{k}" for m, k in model_kinds()], **FACTORS, **PAIRWISE_ONLY})
 
 
 def compose(make_cfg, cell: dict[str, Any], *extra: str, steps: int = STEPS):
@@ -143,6 +150,7 @@ def overrides(cell: dict[str, Any], steps: int = STEPS) -> list[str]:
         "trainer.compile_backend=aot_eager",  # dynamo + AOT autograd, without inductor's codegen
         f"trainer.ema={str(cell['ema']).lower()}",
         f"trainer.on_nonfinite={'skip' if cell['nonfinite'] else 'stop'}",
+        f"trainer.accumulate={cell.get('accumulate', 1)}",
     ]
 
 

@@ -218,3 +218,51 @@ def test_transformer_on_images_learns_and_samples_grids(make_cfg, tmp_path):
     b = model.sample(3, generator=torch.Generator().manual_seed(1))
     assert a.shape == (3, 3, 32, 32) and torch.equal(a, b)
     assert set(torch.unique(a * 3).round().tolist()) <= {0.0, 1.0, 2.0, 3.0}  # 4 levels
+
+
+def test_bpe_is_learnt_from_the_training_split_and_reports_bits_per_char(make_cfg, tmp_path,
+                                                                         run_main):  # fmt: skip
+    """dataset.tokenizer=bpe: a byte-level BPE of the requested size, learnt from the first 90%
+    of the characters only, stored in the checkpoint (sampling reads no data), and bits per
+    character computed from the validation text's own characters and tokens."""
+    from aigc_cli.data.text import BPETokenizer
+
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa"]
+    text = " ".join(words[(i * 7) % 8] for i in range(3000)) + "\n"
+    text += "unseen validation words: omicron sigma upsilon " * 120  # only in the last 10%
+    path = tmp_path / "corpus.txt"
+    path.write_text(text)
+    data = text_file(TextConfig(path=str(path), tokenizer="bpe", vocab_size=300, block_size=16))
+    tok = data.tokenizer
+    assert isinstance(tok, BPETokenizer) and tok.vocab_size == 300
+    assert tok.decode(tok.encode("gamma delta\n")) == "gamma delta\n"
+    vocab = tok.tok.get_vocab()
+    assert any("alpha" in v for v in vocab) and not any("omicron" in v for v in vocab)
+    # the windows eval_iter scores, and the characters they cover, counted here directly
+    scored = torch.cat([y.flatten() for _, y in data.eval_iter(1000)])
+    ratio = scored.numel() / len(tok.decode(scored.tolist()))
+    assert data.spec.extra["tokens_per_char"] == pytest.approx(ratio)
+
+    cfg = make_cfg("dataset=text", f"dataset.path={path}", "dataset.tokenizer=bpe",
+                   "dataset.vocab_size=300", "dataset.block_size=16", "model.n_layer=1",
+                   "model.n_embd=32", "model.n_head=2", "trainer.max_steps=6",
+                   model="transformer", dataset="text")  # fmt: skip
+    metrics = train(cfg, run_dir=tmp_path / "run")
+    assert metrics["test/bits_per_token"] == pytest.approx(metrics["test/loss"] / math.log(2))
+    assert metrics["test/bits_per_char"] == pytest.approx(metrics["test/bits_per_token"] * ratio)
+    path.unlink()  # sampling needs only the checkpoint's tokenizer
+    code, out, err = run_main("sample", f"run={tmp_path / 'run'}", "prompt=gamma delta",
+                              "max_new_tokens=10")  # fmt: skip
+    assert code == 0, err
+    assert out.startswith("gamma delta")
+
+
+def test_bad_bpe_settings_are_one_line():
+    with pytest.raises(DataError, match="more than this text allows: BPE ran out of pairs"):
+        pydoc(PydocConfig(tokenizer="bpe", vocab_size=10**6))
+    with pytest.raises(ConfigError, match="needs more than its 256 byte tokens"):
+        pydoc(PydocConfig(tokenizer="bpe", vocab_size=200))
+    with pytest.raises(ConfigError, match=r"set it for dataset\.tokenizer=bpe"):
+        pydoc(PydocConfig(tokenizer="bpe"))
+    with pytest.raises(ConfigError, match=r"applies to dataset\.tokenizer=bpe"):
+        pydoc(PydocConfig(tokenizer="char", vocab_size=512))

@@ -1,5 +1,6 @@
-"""Text datasets: tokenizers (character- and byte-level), any UTF-8 file, and a built-in corpus
-(the Python documentation topics that ship with every CPython, so no file or network)."""
+"""Text datasets: tokenizers (character-level, byte-level and a byte-level BPE trained on the
+training split), any UTF-8 file, and a built-in corpus (the Python documentation topics that
+ship with every CPython, so no file or network)."""
 
 from __future__ import annotations
 
@@ -68,10 +69,62 @@ class ByteTokenizer:
         return {"kind": "byte"}
 
 
-Tokenizer = CharTokenizer | ByteTokenizer
+class BPETokenizer:
+    """Byte-level BPE (as GPT-2's) learnt from the training split with the `tokenizers` library,
+    offline. It travels in the checkpoint as the library's JSON (data, not code)."""
+
+    kind = "bpe"
+
+    def __init__(self, serialized: str) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.serialized = serialized
+        self.tok = HFTokenizer.from_str(serialized)
+
+    @classmethod
+    def fit(cls, text: str, vocab_size: int) -> BPETokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        need = f"{vocab_size}: a byte-level BPE needs more than its {len(alphabet)} byte tokens"
+        check(vocab_size > len(alphabet), "dataset.vocab_size", need)
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet,
+                                      show_progress=False)  # fmt: skip
+        lines = text.splitlines(keepends=True)
+        tok.train_from_iterator((lines[i : i + 1000] for i in range(0, len(lines), 1000)), trainer)
+        got = tok.get_vocab_size()
+        if got < vocab_size:
+            raise DataError(
+                f"dataset.vocab_size={vocab_size} is more than this text allows: BPE ran out of "
+                f"pairs to merge at {got} tokens",
+                hint=f"use dataset.vocab_size={got} or less, or a longer text",
+            )
+        return cls(tok.to_str())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "bpe", "json": self.serialized}
+
+
+Tokenizer = CharTokenizer | ByteTokenizer | BPETokenizer
 
 
 def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
+    if d["kind"] == "bpe":
+        return BPETokenizer(d["json"])
     return CharTokenizer(d["chars"]) if d["kind"] == "char" else ByteTokenizer()
 
 
@@ -101,8 +154,15 @@ class _WindowIterator(BatchIterator):
 class TextData(DataModule):
     def __init__(self, text: str, tokenizer: Tokenizer, block_size: int, source: str) -> None:
         check(block_size >= 1, "dataset.block_size", "must be >= 1")
-        ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-        split = int(0.9 * ids.numel())  # first 90% train, last 10% validation
+        if isinstance(tokenizer, BPETokenizer):
+            # BPE learnt the first 90% of the characters; each part is encoded on its own, so
+            # no validation text shaped the vocabulary or shares a token with training text.
+            cut = train_chars(text)
+            train, val = tokenizer.encode(text[:cut]), tokenizer.encode(text[cut:])
+            ids, split = torch.tensor(train + val, dtype=torch.long), len(train)
+        else:
+            ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+            split = int(0.9 * ids.numel())  # first 90% train, last 10% validation
         self.train_ids, self.val_ids = ids[:split], ids[split:]
         for part, name in ((self.train_ids, "training"), (self.val_ids, "validation")):
             if part.numel() < block_size + 2:
@@ -114,11 +174,17 @@ class TextData(DataModule):
         self.block_size = block_size
         self.tokenizer = tokenizer
         self.device = torch.device("cpu")
+        # Bits per character stay comparable across tokenizers: the per-token loss is scaled by
+        # the tokens per character of the validation text the windows cover.
+        t = block_size
+        scored = self.val_ids[1 : ((self.val_ids.numel() - 1) // t) * t + 1]
+        chars = len(tokenizer.decode(scored.tolist()))
         self.spec = DataSpec(
             kind="text",
             shape=[block_size],
             vocab_size=tokenizer.vocab_size,
             tokenizer=tokenizer.to_dict(),
+            extra={"tokens_per_char": scored.numel() / max(chars, 1)},
         )
 
     def to(self, device: torch.device) -> TextData:
@@ -141,8 +207,19 @@ class TextData(DataModule):
             yield x[start : start + batch_size], y[start : start + batch_size]
 
 
-def make_tokenizer(kind: str, text: str) -> Tokenizer:
-    check(kind in ("char", "byte"), "dataset.tokenizer", f"'{kind}'; choose from: char, byte")
+def train_chars(text: str) -> int:
+    """Where a text's training part ends (characters) when it is split before tokenizing."""
+    return int(0.9 * len(text))
+
+
+def make_tokenizer(kind: str, text: str, vocab_size: int = 0) -> Tokenizer:
+    check(kind in ("char", "byte", "bpe"), "dataset.tokenizer",
+          f"'{kind}'; choose from: char, byte, bpe")  # fmt: skip
+    if kind == "bpe":
+        check(vocab_size > 0, "dataset.vocab_size", "set it for dataset.tokenizer=bpe, e.g. 1024")
+        return BPETokenizer.fit(text[: train_chars(text)], vocab_size)
+    fixed = f"applies to dataset.tokenizer=bpe; the {kind} tokenizer's vocabulary is fixed"
+    check(vocab_size == 0, "dataset.vocab_size", fixed)
     return CharTokenizer.fit(text) if kind == "char" else ByteTokenizer()
 
 
@@ -150,7 +227,8 @@ def make_tokenizer(kind: str, text: str) -> Tokenizer:
 class TextConfig:
     name: str = "text"
     path: str | None = None  # UTF-8 text file; the first 90% trains, the last 10% validates
-    tokenizer: str = "char"  # char (vocabulary from the text) | byte (256 ids, any text)
+    tokenizer: str = "char"  # char (vocabulary from the text) | byte (256 ids) | bpe (learnt)
+    vocab_size: int = 0  # bpe: tokens in the vocabulary (more than 256); others: 0
     block_size: int = 64  # tokens per training window (the model's context length)
 
 
@@ -168,13 +246,15 @@ def text_file(cfg: TextConfig) -> TextData:
         raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
     if not text:
         raise DataError(f"{path} is empty", hint="point dataset.path at a text with content")
-    return TextData(text, make_tokenizer(cfg.tokenizer, text), cfg.block_size, str(path))
+    tokenizer = make_tokenizer(cfg.tokenizer, text, cfg.vocab_size)
+    return TextData(text, tokenizer, cfg.block_size, str(path))
 
 
 @dataclass
 class PydocConfig:
     name: str = "pydoc"
-    tokenizer: str = "char"  # char | byte
+    tokenizer: str = "char"  # char | byte | bpe
+    vocab_size: int = 0  # bpe: tokens in the vocabulary (more than 256); others: 0
     block_size: int = 64  # tokens per training window (the model's context length)
 
 
@@ -188,4 +268,5 @@ def pydoc_text() -> str:
 def pydoc(cfg: PydocConfig) -> TextData:
     """Python's own documentation topics, shipped with CPython: offline text (built in)."""
     text = pydoc_text()
-    return TextData(text, make_tokenizer(cfg.tokenizer, text), cfg.block_size, "pydoc corpus")
+    tokenizer = make_tokenizer(cfg.tokenizer, text, cfg.vocab_size)
+    return TextData(text, tokenizer, cfg.block_size, "pydoc corpus")

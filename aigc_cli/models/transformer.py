@@ -215,15 +215,25 @@ class Transformer(GenerativeModel):
     def _unit(self) -> str:
         if self.pixels is not None:
             return "pixel"
-        return "char" if self.tokenizer.kind == "char" else "byte"
+        return {"char": "char", "byte": "byte"}.get(self.tokenizer.kind, "token")
+
+    def _tokens_per_char(self) -> float | None:
+        """Byte and BPE runs also report bits per character, so runs compare across tokenizers."""
+        if self.pixels is not None or self._unit() == "char":
+            return None
+        return self.spec.extra.get("tokens_per_char")
 
     def finalize_metrics(self, means: dict[str, float]) -> dict[str, float]:
         loss = means["loss"]
-        return {
+        out = {
             "loss": loss,
             f"bits_per_{self._unit()}": loss / math.log(2),
             "perplexity": math.exp(min(loss, 50.0)),
         }
+        ratio = self._tokens_per_char()
+        if ratio:
+            out["bits_per_char"] = loss * ratio / math.log(2)
+        return out
 
     def describe_metrics(self, options: dict[str, Any]) -> dict[str, str]:
         if self.pixels is None:
@@ -238,11 +248,18 @@ class Transformer(GenerativeModel):
                 f"per pixel, over the whole test split, at {p.height}x{p.width} with "
                 f"{p.levels} levels per channel (not comparable with bits/dim of 8-bit images)"
             )
-        return {
+        notes = {
             "loss": loss,
             f"bits_per_{self._unit()}": "loss / ln 2",
             "perplexity": "exp(loss)",
         }
+        ratio = self._tokens_per_char()
+        if ratio:
+            notes["bits_per_char"] = (
+                f"loss / ln 2 × {ratio:.4f} {self._unit()}s per character of the scored "
+                "validation text: comparable across tokenizers"
+            )
+        return notes
 
     @torch.no_grad()
     def sample(
