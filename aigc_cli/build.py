@@ -80,9 +80,11 @@ def resolve_device(name: str) -> torch.device:
 # ---- runs -------------------------------------------------------------------------------
 
 
-def find_runs(root: Path = Path("outputs")) -> list[Path]:
-    """Run dirs under `root` holding a checkpoint, oldest first."""
-    root = Path(root)
+def find_runs(root: Path | None = None) -> list[Path]:
+    """Run dirs under `root` (default: the outputs root) holding a checkpoint, oldest first."""
+    from aigc_cli.paths import outputs_root
+
+    root = Path(root) if root is not None else outputs_root()
     if not root.is_dir():
         return []
     runs = {p.parent.parent for p in root.rglob("checkpoints/last.pt")}
@@ -90,14 +92,17 @@ def find_runs(root: Path = Path("outputs")) -> list[Path]:
 
 
 def resolve_checkpoint(
-    run: str | Path | None, which: str = "last", root: Path = Path("outputs")
+    run: str | Path | None, which: str = "last", root: Path | None = None
 ) -> Path:
     """A checkpoint file from a run dir, a checkpoint path, or None (= the newest run)."""
     if run in (None, "", "latest"):
+        from aigc_cli.paths import outputs_root
+
+        root = Path(root) if root is not None else outputs_root()
         runs = find_runs(root)
         if not runs:
             raise CheckpointError(
-                f"no trained run found under {Path(root).resolve()}",
+                f"no trained run found under {root.resolve()}",
                 hint="train one first with `aigc train`, or pass run=<run dir>",
             )
         run = runs[-1]
@@ -105,7 +110,7 @@ def resolve_checkpoint(
     if path.is_file():
         return path
     if not path.exists():
-        raise CheckpointError(f"run not found: {path}", hint="pass run=<run dir> from outputs/")
+        raise CheckpointError(f"run not found: {path}", hint="pass run=<run dir>")
     from aigc_cli.export import WEIGHTS, is_export
 
     if is_export(path):  # an `aigc export` folder stands in for a run

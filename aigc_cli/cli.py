@@ -94,10 +94,15 @@ def main(argv: list[str] | None = None) -> None:
     # Hydra then raises instead of printing its own report; we print one line below.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        from aigc_cli import paths
+
+        paths.use_command_line(rest)
         if command == "list":
             list_command()
             return
         if command == "train":
+            if not any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in rest):
+                paths.ensure_root()
             rest = _torchrun_overrides(_sweep_overrides(_resume_overrides(rest)))
         if command == "sample":
             rest = [_quoted_prompt(a) for a in rest]

@@ -112,6 +112,12 @@ def validate(section: str, schema: type[T], node: Any) -> T:
     return obj  # type: ignore[return-value]
 
 
+def command_options(node: Any) -> dict[str, Any]:
+    """A command's own options: its config less Hydra's section and the shared `paths`
+    (which the CLI applies before the command runs)."""
+    return {k: v for k, v in node.items() if k not in ("hydra", "paths")}
+
+
 def _type_name(t: Any) -> str:
     return getattr(t, "__name__", None) or str(t).replace("typing.", "")
 

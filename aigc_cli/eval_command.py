@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from aigc_cli.config import check, validate
+from aigc_cli.config import check, command_options, validate
 from aigc_cli.errors import ConfigError
 
 
@@ -50,7 +50,7 @@ def run_eval(node: DictConfig) -> dict[str, float]:
     from aigc_cli.evaluate import evaluate
     from aigc_cli.sample import sampler_options
 
-    values = {k: v for k, v in node.items() if k != "hydra"}
+    values = command_options(node)
     cfg = validate("eval", EvalConfig, values)
     check(cfg.batch_size >= 1, "batch_size", "must be >= 1")
     check(cfg.iwae_k >= 0, "iwae_k", "must be >= 0 (0 = off)")
@@ -72,6 +72,7 @@ def run_eval(node: DictConfig) -> dict[str, float]:
             num_samples=cfg.num_samples if has_sample_metrics(data) else 0,
             seed=cfg.seed,
             options=options,
+            sample_options=sampling,
         )
     if quality is not None:
         from aigc_cli.console import console

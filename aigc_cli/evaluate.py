@@ -33,10 +33,12 @@ def evaluate(
     seed: int = 0,
     options: dict[str, Any] | None = None,
     world: distributed.World | None = None,
+    sample_options: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Average the model's per-sample figures over the test split (or its first batches), then
     add the dataset's sample-based metrics on `num_samples` generated samples. `options` go to
-    the model's `evaluate` (e.g. `iwae_k` for the VAE).
+    the model's `evaluate` (e.g. `iwae_k` for the VAE), `sample_options` to its sampler
+    (sampler, steps...), whose NFE is reported beside the sample metrics.
 
     With several ranks, each evaluates every `world.size`-th batch and the sums are pooled, so
     the figures are those of the whole split; sample metrics come from rank 0."""
@@ -63,7 +65,10 @@ def evaluate(
             extra = None
             if world.is_main:
                 g = torch.Generator().manual_seed(seed)
-                extra = data.sample_metrics(model.sample(num_samples, generator=g))
+                samples = model.sample(num_samples, generator=g, **(sample_options or {}))
+                extra = data.sample_metrics(samples)
+                if hasattr(model, "last_nfe"):
+                    extra["nfe"] = float(model.last_nfe)
             metrics.update(distributed.broadcast_object(extra, world))
     model.train(was_training)
     return metrics

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from aigc_cli.config import validate
+from aigc_cli.config import command_options, validate
 from aigc_cli.errors import CheckpointError, ConfigError
 
 EXPORT_FORMAT = "aigc-export"
@@ -51,7 +51,7 @@ def run_export(node: Any) -> Path:
     from aigc_cli.build import load_run, resolve_checkpoint, run_dir_of
     from aigc_cli.console import console
 
-    cfg = validate("export", ExportConfig, {k: v for k, v in node.items() if k != "hydra"})
+    cfg = validate("export", ExportConfig, command_options(node))
     if cfg.format not in FORMATS:
         raise ConfigError(f"bad value for 'format': '{cfg.format}'; choose from: "
                           f"{', '.join(FORMATS)}")  # fmt: skip

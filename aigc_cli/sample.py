@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from aigc_cli.build import load_run, resolve_checkpoint, resolve_device, run_dir_of
-from aigc_cli.config import check, validate
+from aigc_cli.config import check, command_options, validate
 from aigc_cli.errors import ConfigError
 from aigc_cli.logger import console, save_grid
 from aigc_cli.plots import scatter_image
@@ -42,7 +42,7 @@ class SampleConfig:
 
 def sample(node: Any) -> Path:
     """Write samples of a trained run; returns the file written."""
-    cfg = validate("sample", SampleConfig, {k: v for k, v in node.items() if k != "hydra"})
+    cfg = validate("sample", SampleConfig, command_options(node))
     check(cfg.n >= 0, "n", f"{cfg.n} must be >= 1 (or 0 for the default)")
     check(cfg.temperature > 0, "temperature", "must be > 0")
     check(0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]")

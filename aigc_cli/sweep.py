@@ -24,7 +24,7 @@ from aigc_cli.errors import AigcError, ConfigError
 
 RECORD = "job.json"
 SUMMARY = "summary.json"
-SWEEPS_ROOT = Path("outputs") / "multirun"
+SWEEPS = "multirun"  # sweeps live in <outputs root>/multirun
 
 # Set by SweepSummary at the end of a sweep; the CLI exits non-zero when it is positive.
 failed_jobs = 0
@@ -67,8 +67,12 @@ def finished_job(sweep_dir: Path, overrides: list[str]) -> dict[str, Any] | None
     return None
 
 
-def resolve_sweep_dir(value: str, root: Path = SWEEPS_ROOT) -> Path:
-    """`latest` → the newest sweep under outputs/multirun; otherwise a sweep dir that exists."""
+def resolve_sweep_dir(value: str, root: Path | None = None) -> Path:
+    """`latest` → the newest sweep under <outputs root>/multirun; otherwise a sweep dir that
+    exists."""
+    from aigc_cli.paths import outputs_root
+
+    root = root if root is not None else outputs_root() / SWEEPS
     if value == "latest":
         found = [p.parent.parent for p in root.glob(f"*/*/*/{RECORD}")]
         if not found:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
 from aigc_cli import distributed, sync_batchnorm
@@ -267,6 +267,9 @@ def setup(
     if device.type == "cuda":
         cuda_math(t.tf32)
     data = build_data(cfg.dataset).to(device)
+    if data.spec.extra.get("resolved"):  # dataset settings chosen from the data (auto)
+        with open_dict(cfg):
+            cfg.dataset.update(data.spec.extra["resolved"])
     model = build_model(model_config(cfg, ckpt), data.spec).to(device)
     if ckpt is not None and ckpt["model"]["name"] != cfg.model.name:
         raise CheckpointError(
@@ -575,7 +578,9 @@ def keep_best(run: Run, metrics: dict[str, float]) -> None:
 
 
 def default_run_dir() -> Path:
-    return Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S")
+    from aigc_cli.paths import outputs_root
+
+    return outputs_root() / time.strftime("%Y-%m-%d/%H-%M-%S")
 
 
 def cuda_math(tf32: bool) -> None:

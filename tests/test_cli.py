@@ -244,3 +244,29 @@ def test_resume_errors(run_main, tiny_run):
     assert code == 2 and "no trained run found" in err and "Traceback" not in err
     code, _, err = run_main("train", f"resume={tiny_run}", "model=gan")
     assert code == 2 and "cannot change 'model' from 'vae' to 'gan' when resuming" in err, err
+
+
+def test_one_outputs_root_for_runs_and_every_lookup(run_main, tmp_path, monkeypatch):
+    """paths.outputs (or AIGC_OUTPUTS) is where runs go and where run=, resume=latest and
+    the classifier are looked for; an outputs root that cannot be made is one line."""
+    from .conftest import tiny_overrides
+
+    code, _, err = run_main("train", *tiny_overrides("classifier"), "paths.outputs=elsewhere")
+    assert code == 0, err
+    code, _, err = run_main("train", *tiny_overrides("vae"), "paths.outputs=elsewhere",
+                            "metrics.names=[fid]", "metrics.num_samples=16")  # fmt: skip
+    assert code == 0, err  # the classifier was found under elsewhere/
+    assert not (tmp_path / "outputs").exists()
+    runs = sorted((tmp_path / "elsewhere").glob("*/*_vae"))
+    assert len(runs) == 1
+    code, out, err = run_main("train", *tiny_overrides("vae"), "paths.outputs=elsewhere",
+                              "resume=latest", "trainer.max_steps=8")  # fmt: skip
+    assert code == 0, err
+    assert "resumed from step 6" in out
+    monkeypatch.setenv("AIGC_OUTPUTS", str(tmp_path / "elsewhere"))
+    code, out, err = run_main("sample", "n=4")
+    assert code == 0 and str(runs[0]) in out
+    code, _, err = run_main("sample", "n=4", "paths.outputs=empty")
+    assert code != 0 and "no trained run found under" in err and "empty" in err
+    code, _, err = run_main("train", "paths.outputs=/proc/aigc-cannot")
+    assert code != 0 and "cannot create the outputs root /proc/aigc-cannot" in err

@@ -145,3 +145,50 @@ def test_training_on_a_streamed_folder(run_main, tmp_path):
     assert code == 0, err
     assert "skipped 1 unreadable image file(s)" in out
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+def test_image_folder_takes_the_folders_own_size_and_channels(tmp_path, capsys):
+    """auto: the most common shorter side (capped) and grey when every image is grey."""
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    for i in range(12):
+        Image.new("L", (28, 28), i * 20).save(grey / f"{i}.png")
+    Image.new("L", (40, 30), 0).save(grey / "odd.png")  # one other size: not the most common
+    data = build_data({"name": "image_folder", "path": str(grey), "workers": 0})
+    assert data.spec.shape == [1, 28, 28]
+    assert data.spec.extra["resolved"] == {"image_size": 28, "channels": 1}
+    out = capsys.readouterr().out
+    assert "image_size=28 (the most common shorter side of 13 images)" in out
+    assert "channels=1 (every image is grey)" in out
+    (grey / "colour.png").unlink(missing_ok=True)
+    Image.new("RGB", (28, 28), (255, 0, 0)).save(grey / "colour.png")
+    assert build_data({"name": "image_folder", "path": str(grey), "workers": 0}).spec.shape[0] == 3
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(3):
+        Image.new("RGB", (400, 300), (0, 0, 255)).save(big / f"{i}.png")
+    data = build_data({"name": "image_folder", "path": str(big), "workers": 0, "channels": 1})
+    assert data.spec.shape == [1, 128, 128]  # capped; an explicit channels is kept
+    assert "capped at 128" in capsys.readouterr().out
+
+
+def test_native_size_is_stored_in_the_run(run_main, tmp_path):
+    folder = tmp_path / "imgs"
+    for name, shade in (("dark", 30), ("light", 220)):
+        (folder / name).mkdir(parents=True)
+        for i in range(8):
+            Image.new("L", (28, 28), shade + i).save(folder / name / f"{i}.png")
+    code, _, err = run_main("train", *tiny_overrides("vae", "image_folder"), "dataset.path=imgs",
+                              "dataset.workers=0", "hydra.run.dir=run")  # fmt: skip
+    assert code == 0, err
+    from aigc_cli.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["dataset"]["spec"]["shape"] == [1, 28, 28]
+    assert (
+        ckpt["dataset"]["config"]["image_size"] == 28 and ckpt["dataset"]["config"]["channels"] == 1
+    )
+    assert "image_size: 28" in (tmp_path / "run" / "config.yaml").read_text()
+    code, _, err = run_main("train", *tiny_overrides("vae", "image_folder"), "dataset.path=imgs",
+                            "dataset.image_size=big")  # fmt: skip
+    assert code != 0 and "'dataset.image_size': 'big'; auto or a number" in err

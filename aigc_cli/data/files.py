@@ -23,7 +23,7 @@ from aigc_cli.data.base import (
     TensorData,
     check_batch_size,
 )
-from aigc_cli.errors import DataError
+from aigc_cli.errors import ConfigError, DataError
 from aigc_cli.registry import DATASETS
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -273,8 +273,9 @@ class StreamingImages(DataModule):
 class ImageFolderConfig:
     name: str = "image_folder"
     path: str | None = None  # folder of images, searched recursively
-    image_size: int = 64  # shorter side resized to this, then the centre square cropped
-    channels: int = 3  # 3 = RGB, 1 = grey
+    # auto: the folder's most common shorter side (at most AUTO_MAX_SIZE); else pixels
+    image_size: str = "auto"  # shorter side resized to this, then the centre square cropped
+    channels: str = "auto"  # auto: 1 when every image is grey, else 3 | 3 = RGB | 1 = grey
     labels: str = "auto"  # auto: top-level sub-folders are classes when all images lie in them
     test_fraction: float = 0.05  # share of the images held out as the test split
     split_seed: int = 0  # seed of the train/test split
@@ -300,6 +301,63 @@ def scan_folder(root: Path, labels: str) -> tuple[list[str], list[int], list[str
     return [str(p) for p in files], ys, classes
 
 
+AUTO_MAX_SIZE = 128  # image_size=auto never picks more (larger photos are downscaled to it)
+AUTO_SCAN = 5000  # image_size/channels=auto read the headers of at most this many files
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+def native_shape(paths: list[str], size: str, channels: str) -> tuple[int, int]:
+    """`dataset.image_size` and `dataset.channels`, with `auto` read from the files' headers
+    (no decoding): the most common shorter side, capped at AUTO_MAX_SIZE, and grey when every
+    file is a grey-mode image. Folders of more than AUTO_SCAN files are sampled evenly."""
+    from collections import Counter
+
+    from PIL import Image
+
+    def number(value: str, key: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(
+                f"bad value for 'dataset.{key}': {value!r}; auto or a number"
+            ) from None
+
+    want_size, want_channels = str(size) == "auto", str(channels) == "auto"
+    if not (want_size or want_channels):
+        return number(size, "image_size"), number(channels, "channels")
+    step = max(1, len(paths) // AUTO_SCAN)
+    sides: Counter[int] = Counter()
+    grey = True
+    for p in paths[::step]:
+        try:
+            with Image.open(p) as im:
+                sides[min(im.size)] += 1
+                grey = grey and im.mode in GREY_MODES
+        except Exception:  # unreadable files are counted and skipped when decoding
+            continue
+    if not sides:
+        raise DataError(
+            "no readable image among the files scanned for dataset.image_size=auto",
+            hint="check the folder, or set dataset.image_size and dataset.channels",
+        )
+    common = sides.most_common(1)[0][0]
+    out_size = min(common, AUTO_MAX_SIZE) if want_size else number(size, "image_size")
+    out_channels = (1 if grey else 3) if want_channels else number(channels, "channels")
+    scanned = sum(sides.values())
+    notes = []
+    if want_size:
+        capped = f", capped at {AUTO_MAX_SIZE}" if common > AUTO_MAX_SIZE else ""
+        notes.append(f"image_size={out_size} (the most common shorter side of {scanned} "
+                     f"images{capped})")  # fmt: skip
+    if want_channels:
+        why = "every image is grey" if grey else "not every image is grey"
+        notes.append(f"channels={out_channels} ({why})")
+    from aigc_cli.console import console
+
+    console.print(f"image_folder: {', '.join(notes)}", soft_wrap=True)
+    return out_size, out_channels
+
+
 @DATASETS.register("image_folder", config=ImageFolderConfig)
 def image_folder(cfg: ImageFolderConfig) -> DataModule:
     """Any folder of images (recursive); classes from sub-folders; in memory or streamed."""
@@ -319,23 +377,28 @@ def image_folder(cfg: ImageFolderConfig) -> DataModule:
             f"{root} holds {len(paths)} image file(s); at least 2 are needed",
             hint=f"image files are found by extension ({exts})",
         )
+    size, channels = native_shape(paths, cfg.image_size, cfg.channels)
     g = torch.Generator().manual_seed(cfg.split_seed)
     perm = torch.randperm(len(paths), generator=g).tolist()
     n_test = max(1, round(len(paths) * cfg.test_fraction))
     test_idx, train_idx = sorted(perm[:n_test]), sorted(perm[n_test:])
-    return build_file_data(
+    data = build_file_data(
         FileSplits(
             name="image_folder",
             train=([paths[i] for i in train_idx], [ys[i] for i in train_idx]),
             test=([paths[i] for i in test_idx], [ys[i] for i in test_idx]),
             class_names=classes,
-            size=cfg.image_size,
-            channels=cfg.channels,
+            size=size,
+            channels=channels,
             in_memory=cfg.in_memory,
             memory_limit_mb=cfg.memory_limit_mb,
             workers=cfg.workers,
         )
     )
+    if "auto" in (str(cfg.image_size), str(cfg.channels)):
+        # what auto chose, for the run's config (training writes it there)
+        data.spec.extra["resolved"] = {"image_size": size, "channels": channels}
+    return data
 
 
 # ---- celeba ---------------------------------------------------------------------------------

@@ -75,12 +75,14 @@ def _run_dir(ckpt: Path) -> Path:
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
-def find_classifier(dataset_name: str, spec: DataSpec, root: Path = Path("outputs")) -> Path:
+def find_classifier(dataset_name: str, spec: DataSpec, root: Path | None = None) -> Path:
     """The newest classifier run under `root` trained on `dataset_name` images of `spec`'s
     shape. Runs are picked by their config.yaml, so only candidates' checkpoints are opened."""
     from aigc_cli.build import find_runs
     from aigc_cli.checkpoint import load_checkpoint
+    from aigc_cli.paths import outputs_root
 
+    root = Path(root) if root is not None else outputs_root()
     for run in reversed(find_runs(root)):
         try:
             cfg = OmegaConf.load(run / "config.yaml")
@@ -94,7 +96,7 @@ def find_classifier(dataset_name: str, spec: DataSpec, root: Path = Path("output
     shape = "x".join(map(str, spec.shape))
     raise ConfigError(
         f"no classifier run for dataset '{dataset_name}' ({shape} images) under "
-        f"{Path(root).resolve()}; fid/kid/pr/coverage are computed on its features",
+        f"{root.resolve()}; fid/kid/pr/coverage are computed on its features",
         hint=f"train one: aigc train model=classifier dataset={dataset_name} (with the same "
         "dataset options), or pass classifier=<run dir> or inception_weights=<file>",
     )
