@@ -107,12 +107,13 @@ class RunLogger:
 
     # ---- console and train.log ----------------------------------------------------------
     def print(self, *args: Any) -> None:
-        (self._progress.console if self._progress else console).print(*args)
+        # soft_wrap: a long path stays one unbroken string, to copy from the log
+        (self._progress.console if self._progress else console).print(*args, soft_wrap=True)
         self._write(*args)
 
     def _write(self, *args: Any) -> None:
         if not self._file.closed:
-            self._plain.print(*args)
+            self._plain.print(*args, soft_wrap=True)
 
     def step_line(self, step: int, values: Mapping[str, float]) -> None:
         """One plain line for a logged step: step/total, each loss, samples/s, elapsed, ETA.

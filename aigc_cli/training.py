@@ -277,7 +277,14 @@ def setup(
             f"the config asks for '{cfg.model.name}'",
             hint=f"resume with model={ckpt['model']['name']}",
         )
-    notes = prepare_model(model, t, world)
+    notes = []
+    if cfg.get("init_from") and ckpt is None:
+        from aigc_cli.init_from import init_weights
+
+        notes += init_weights(model, str(cfg.init_from))
+    elif cfg.get("init_from"):
+        notes.append("init_from is ignored: the run resumes from its own checkpoint")
+    notes += prepare_model(model, t, world)
     layout = memory_format(model, device, t.channels_last)
     model = model.to(memory_format=layout)
     mcfg = validate_metrics(cfg.get("metrics") or {})

@@ -76,6 +76,13 @@ class GenerativeModel(nn.Module):
         instead (latent diffusion encodes the training images once)."""
         return data.train_iter(batch_size, seed)
 
+    def adapt_weights(
+        self, state: dict[str, Tensor], source: DataSpec
+    ) -> tuple[dict[str, Tensor], list[str]]:
+        """Another run's weights (`init_from`), made to fit this model's data where the family
+        knows how; returns them with notes on what was changed."""
+        return state, []
+
     def onnx_graphs(self) -> list[OnnxGraph]:
         """The family's generating path as ONNX graphs; none = the family has no ONNX export."""
         return []

@@ -175,6 +175,33 @@ class Transformer(GenerativeModel):
         check(block >= needed, "model.block_size", f"{block} is shorter than the {what} ({needed})")
         self.gpt = GPT(vocab, block, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout)
 
+    def adapt_weights(
+        self, state: dict[str, Tensor], source: DataSpec
+    ) -> tuple[dict[str, Tensor], list[str]]:
+        """Fine-tuning on another text: with character vocabularies, each character's embedding
+        row (shared with the output head) moves to its new id, and characters the source never
+        saw keep fresh rows. Other tokenizers must match, else the embedding starts afresh."""
+        mine, theirs = self.spec.tokenizer, source.tokenizer
+        key, head = "gpt.wte.weight", "gpt.head.weight"
+        if self.pixels is not None or mine == theirs or key not in state:
+            return state, []
+        source_rows = state[key]
+        state = {k: v for k, v in state.items() if k not in (key, head)}
+        if mine.get("kind") != "char" or theirs.get("kind") != "char":
+            return state, [f"the tokenizer differs from the source's ({theirs.get('kind')}): "
+                           "the token embedding starts afresh"]  # fmt: skip
+        if source_rows.shape[1] != self.gpt.wte.weight.shape[1]:
+            return state, []  # another width: nothing of the embedding fits
+        old = {c: i for i, c in enumerate(theirs["chars"])}
+        rows = self.gpt.wte.weight.detach().clone()  # fresh rows for unseen characters
+        carried = [i for i, c in enumerate(mine["chars"]) if c in old]
+        for i in carried:
+            rows[i] = source_rows[old[mine["chars"][i]]]
+        state[key] = state[head] = rows
+        new = len(mine["chars"]) - len(carried)
+        return state, [f"character embeddings moved to the new vocabulary: {len(carried)} "
+                       f"carried over, {new} new characters start afresh"]  # fmt: skip
+
     def onnx_graphs(self) -> list[OnnxGraph]:
         """`model` (tokens → logits), and the key/value-cache pair Optimum names `prefill`
         (tokens → logits and each layer's keys and values) and `decode` (one token and the
