@@ -19,7 +19,7 @@ T = TypeVar("T")
 @dataclass
 class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "32"  # 32 | bf16 | 16 (16 uses a GradScaler)
+    precision: str = "auto"  # auto (bf16 where it pays, else 32) | 32 | bf16 | 16 (GradScaler)
     max_steps: int = 1000  # optimizer steps (a GAN step = one D and one G update)
     batch_size: int = 64  # samples per micro-batch (all ranks together)
     accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
@@ -63,7 +63,7 @@ class OptimConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "trainer.precision": ("32", "bf16", "16"),
+    "trainer.precision": ("auto", "32", "bf16", "16"),
     "trainer.on_nonfinite": ("stop", "skip"),
     "trainer.best_mode": ("min", "max"),
     "optim.name": ("adam", "adamw"),

@@ -287,6 +287,8 @@ def setup(
     notes += prepare_model(model, t, world)
     layout = memory_format(model, device, t.channels_last)
     model = model.to(memory_format=layout)
+    if t.precision == "auto":
+        notes.append(resolve_precision(cfg, t, ckpt, model, data, device, layout, world))
     mcfg = validate_metrics(cfg.get("metrics") or {})
     check_best_metric(t.best_metric, mcfg)
     # Sample-quality metrics load their feature network now, so a missing classifier fails
@@ -325,6 +327,30 @@ def model_config(cfg: DictConfig, ckpt: dict[str, Any] | None) -> Any:
     if saved.get("autoencoder_config"):
         model = {**model, "autoencoder_config": saved["autoencoder_config"]}  # type: ignore[dict-item]
     return model
+
+
+def resolve_precision(cfg: DictConfig, t: TrainerConfig, ckpt: dict[str, Any] | None,
+                      model: GenerativeModel, data: Any, device: torch.device, layout: Any,
+                      world: distributed.World) -> str:  # fmt: skip
+    """trainer.precision=auto → 32 or bf16 (aigc_cli/precision.py), written into the run's
+    config; a resumed run keeps what it chose when it started. Rank 0 decides for all."""
+    from aigc_cli.precision import choose_precision
+
+    saved = ((ckpt or {}).get("config") or {}).get("trainer", {}).get("precision")
+    if saved and saved != "auto":
+        choice, why = str(saved), "as chosen when the run started"
+    else:
+        choice, why = "32", ""
+        if world.is_main:
+            # a test batch: the training data's iterators stay untouched
+            first = next(data.eval_iter(max(1, t.batch_size // world.size), 1))
+            batch = tuple(to_device(x, device, layout) for x in first)
+            choice, why = choose_precision(model, batch, device)
+        choice, why = distributed.broadcast_object((choice, why), world)
+    t.precision = choice
+    with open_dict(cfg):
+        cfg.trainer.precision = choice
+    return f"precision auto → {choice}: {why}"
 
 
 def make_run_dir(run_dir: Path) -> None:

@@ -4,9 +4,12 @@ batch size, optimizer and thread count, measured side by side in one process, al
     python bench/bench.py [--quick] [--data ../shared/data] [--out bench/results]
 
 For every case it reports samples/s of both loops and their ratio (target >= 0.97), peak
-memory, and, once: the time from `aigc train` start to its first step, the wall time of
-`aigc --help` and `aigc list`, and the pytorch/examples MLP-VAE reference loop (a DataLoader
-with a per-sample ToTensor) against the same model through aigc on MNIST. Results go to
+memory, model FLOPs utilisation (the step's FLOPs, counted by torch's FlopCounterMode, per
+second, over this machine's fp32 or bf16 matmul peak measured in the same run), the precision
+`trainer.precision=auto` picks for the case's model, and, once: the time from `aigc train`
+start to its first step, the wall time of `aigc --help` and `aigc list`, and the
+pytorch/examples MLP-VAE reference loop (a DataLoader with a per-sample ToTensor) against the
+same model through aigc on MNIST. Results go to
 bench/results/bench_<host>_<date>.json and .md. `--quick` runs a few steps of each built-in
 case (CI uses it to check the script still runs) and writes nothing.
 
@@ -78,6 +81,7 @@ class BareLoop:
     def __init__(self, cfg: DictConfig) -> None:
         torch.manual_seed(int(cfg.seed))
         self.clip = float(cfg.trainer.grad_clip)
+        self.bf16 = str(cfg.trainer.precision) == "bf16"  # the recipe's autocast, as aigc's
         data = build_data(cfg.dataset)
         self.model = build_model(cfg.model, data.spec)
         self.opts = self.model.optimizers(validate_optim(cfg.optim))
@@ -90,7 +94,12 @@ class BareLoop:
         t0 = time.perf_counter()
         for _ in range(steps):
             batch = next(self.batches)
-            for stage in self.model.training_step(batch, self.step):
+            stages = self.model.training_step(batch, self.step)
+            while True:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                    stage = next(stages, None)
+                if stage is None:
+                    break
                 opt = self.opts[stage.opt_name]
                 opt.zero_grad(set_to_none=True)
                 stage.loss.backward()
@@ -251,6 +260,46 @@ def ratio_interval(tool: list[float], bare: list[float], level: float = 0.9) -> 
     return [ratios[lo], ratios[draws - 1 - lo]]
 
 
+def matmul_peaks(n: int = 2048, repeats: int = 10) -> dict[str, float]:
+    """This machine's matmul FLOP/s in fp32 and bf16 (an n x n product, median of repeats):
+    the peaks model FLOPs utilisation is measured against."""
+    out = {}
+    for name, dtype in (("32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t0)
+        out[name] = 2 * n**3 / statistics.median(times)
+    return out
+
+
+def step_flops(cfg: DictConfig) -> float:
+    """FLOPs of one training step (forward and backward of every stage) of the case's model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    data = build_data(cfg.dataset)
+    model = build_model(cfg.model, data.spec).train()
+    batch = next(data.train_iter(int(cfg.trainer.batch_size), 0))
+    with FlopCounterMode(display=False) as counter:
+        for stage in model.training_step(batch, 0):
+            stage.loss.backward()
+    return float(counter.get_total_flops())
+
+
+def auto_pick(cfg: DictConfig) -> str:
+    """What trainer.precision=auto chooses for the case's model on this machine, and why."""
+    from aigc_cli.precision import choose_precision
+
+    data = build_data(cfg.dataset)
+    model = build_model(cfg.model, data.spec)
+    batch = next(data.train_iter(int(cfg.trainer.batch_size), 1))
+    choice, why = choose_precision(model, batch, torch.device("cpu"))
+    return f"{choice} ({why})"
+
+
 def compare(name: str, overrides: list[str], warmup: int, intervals: int, every: int = 0) -> dict:
     """aigc vs the bare loop on one case, alternating step by step over `intervals` log
     intervals of `every` steps (by default the case's `trainer.log_every`)."""
@@ -280,6 +329,8 @@ def compare(name: str, overrides: list[str], warmup: int, intervals: int, every:
     entry["tool_ms_per_step"] = 1000 * tool_s / steps
     entry["bare_ms_per_step"] = 1000 * bare_s / steps
     entry["peak_rss_mb"] = peak_rss_mb()
+    entry["precision"] = str(cfg.trainer.precision)
+    entry["step_flops"] = step_flops(cfg)
     lo, hi = entry["ratio_90"]
     print(
         f"{name:24s} tool {entry['tool_samples_per_s']:9.1f}/s  bare "
@@ -464,18 +515,28 @@ def write_markdown(path: Path, results: dict) -> None:
         "the ratio is aigc's throughput over the bare loop's, with a 90% bootstrap interval "
         "over the log intervals timed.",
         "",
-        "| case | batch | steps | aigc samples/s | bare loop samples/s | ratio "
-        "| 90% interval | aigc ms/step | bare ms/step | peak RSS MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| case | precision | batch | steps | aigc samples/s | bare loop samples/s | ratio "
+        "| 90% interval | aigc ms/step | bare ms/step | MFU | peak RSS MB |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    peaks = results.get("matmul_peak_flops") or {}
     for name, e in results["cases"].items():
         lo, hi = e["ratio_90"]
+        mfu = e.get("mfu")
         lines.append(
-            f"| {name} | {e['batch_size']} | {e['intervals']} x {e['log_every']} | "
+            f"| {name} | {e.get('precision', '32')} | {e['batch_size']} | "
+            f"{e['intervals']} x {e['log_every']} | "
             f"{e['tool_samples_per_s']:.1f} | {e['bare_samples_per_s']:.1f} | {e['ratio']:.3f} | "
             f"{lo:.3f}-{hi:.3f} | {e['tool_ms_per_step']:.1f} | {e['bare_ms_per_step']:.1f} | "
-            f"{e['peak_rss_mb']:.0f} |"
+            f"{'' if mfu is None else f'{100 * mfu:.1f}%'} | {e['peak_rss_mb']:.0f} |"
         )
+    if peaks:
+        lines += ["", "Matmul peak (2048 x 2048, this run): " + ", ".join(
+            f"{k}: {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()) + "."]  # fmt: skip
+    picks = {n: e["auto_pick"] for n, e in results["cases"].items() if e.get("auto_pick")}
+    if picks:
+        lines += ["", "| case | trainer.precision=auto picks |", "| --- | --- |"]
+        lines += [f"| {n} | {p} |" for n, p in picks.items()]
     lines += ["", "| start-up | seconds |", "| --- | ---: |"]
     for k, v in results.get("startup", {}).items():
         lines.append(f"| {k} | {v:.2f} |")
@@ -502,14 +563,31 @@ def main(argv: list[str] | None = None) -> None:
 
     # Log intervals per family: about 40-60 s of both loops per case on a 2-core CPU, so the
     # whole bench stays under 10 minutes there.
-    family_intervals = {"vae": 10, "gan": 10, "transformer": 8}
+    family_intervals = {"vae": 10, "gan": 10, "transformer": 8, "diffusion": 6, "flow": 6}
     warmup = 1 if args.quick else 10
     small = ["trainer.num_samples=8", "trainer.eval_samples=100"]
     cases: dict[str, list[str]] = {
         "vae_shapes": ["model=vae", *small, "dataset.test_size=500"],
         "gan_shapes": ["model=gan", *small, "dataset.test_size=500"],
         "transformer_pydoc": ["model=transformer", *small],
+        "diffusion_shapes": ["model=diffusion", *small, "dataset.test_size=500"],
     }
+    # Mid-size models where bf16 can pay on a CPU: nanoGPT's GPU recipe size (10.7M
+    # parameters, block 256, batch 64) and a DCGAN at 64 pixels with the classic 64 channels,
+    # each in fp32 and bf16; a few steps each, after 2 of warm-up.
+    mid = {
+        "gpt_mid": ["model=transformer", "dataset=pydoc", "dataset.block_size=256",
+                    "model.n_layer=6", "model.n_head=6", "model.n_embd=384", "model.dropout=0",
+                    "trainer.batch_size=64"],
+        "dcgan64": ["model=gan", "dataset.image_size=64", "model.g_channels=64",
+                    "model.d_channels=64", "trainer.batch_size=64", "dataset.test_size=500"],
+    }  # fmt: skip
+    mid_cases = {}
+    if not args.quick:
+        for base, overrides in mid.items():
+            for p in ("32", "bf16"):
+                mid_cases[f"{base}_{p}"] = [*overrides, *small, f"trainer.precision={p}",
+                                            "trainer.log_every=2"]  # fmt: skip
     if args.quick:
         for name in cases:
             cases[name] += ["dataset.train_size=512", "dataset.test_size=64"] * (
@@ -527,6 +605,7 @@ def main(argv: list[str] | None = None) -> None:
             f"dataset.path={shakespeare}",
             *small,
         ]
+    cases.update(mid_cases)
     if args.only:
         cases = {k: v for k, v in cases.items() if k in args.only}
 
@@ -549,11 +628,22 @@ def main(argv: list[str] | None = None) -> None:
         stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
         write_markdown(stem.with_suffix(".md"), results)
 
+    if cases:
+        results["matmul_peak_flops"] = matmul_peaks(512 if args.quick else 2048)
     for name, overrides in cases.items():
         family = str(compose_cfg(overrides).model.name)
         intervals = 1 if args.quick else args.intervals or family_intervals[family]
         every = 2 if args.quick else 0
-        results["cases"][name] = compare(name, overrides, warmup, intervals, every)
+        is_mid = name in mid_cases
+        if is_mid:
+            intervals = args.intervals or 3
+        entry = compare(name, overrides, 2 if is_mid else warmup, intervals, every)
+        peak = results["matmul_peak_flops"][entry["precision"] if entry["precision"] == "bf16"
+                                             else "32"]  # fmt: skip
+        entry["mfu"] = entry["step_flops"] * 1000 / entry["tool_ms_per_step"] / peak
+        if not name.endswith("_bf16"):  # one pick per model
+            entry["auto_pick"] = auto_pick(compose_cfg(overrides))
+        results["cases"][name] = entry
         save()
     if not args.only:
         results["startup"] = {

@@ -83,3 +83,17 @@ def test_compare_times_both_loops_on_a_real_run(bench):
     assert e["ratio"] == pytest.approx(e["tool_samples_per_s"] / e["bare_samples_per_s"])
     assert e["ratio_90"][0] <= e["ratio"] <= e["ratio_90"][1]
     assert e["tool_ms_per_step"] == pytest.approx(8 * 1000 / e["tool_samples_per_s"])
+
+
+def test_step_flops_of_an_mlp_vae_match_a_hand_count(bench):
+    """A linear layer's forward is 2·B·in·out FLOPs and its backward twice that (input and
+    weight gradients), less the input gradient of the first layer (the data needs none)."""
+    from .conftest import tiny_overrides as tiny
+
+    cfg = bench.compose_cfg([*tiny(), "model.arch=mlp", "model.hidden=32", "model.latent_dim=4",
+                             "dataset.image_size=16", "dataset.channels=1"])  # fmt: skip
+    b, d, h, z = int(cfg.trainer.batch_size), 16 * 16, 32, 4
+    layers = [(d, h), (h, 2 * z), (z, h), (h, d)]
+    forward = sum(2 * b * i * o for i, o in layers)
+    expected = 3 * forward - 2 * b * d * h  # the first layer's input gradient is not computed
+    assert bench.step_flops(cfg) == expected
