@@ -341,6 +341,39 @@ def compare(name: str, overrides: list[str], warmup: int, intervals: int, every:
     return entry
 
 
+MEMORY_STEPS = 50
+
+
+def peak_memory(overrides: list[str]) -> dict[str, float]:
+    """Peak RSS (MB) of `aigc train <overrides>` for MEMORY_STEPS steps (with its final
+    evaluation and checkpoint) in a fresh process, and of a bare loop of the same model, data
+    and batch in another."""
+    run_dir = Path(tempfile.mkdtemp(prefix="bench_mem_"))
+    args = [*overrides, f"trainer.max_steps={MEMORY_STEPS}", "trainer.progress=false",
+            f"hydra.run.dir={run_dir}"]  # fmt: skip
+    aigc = (
+        "import resource; from aigc_cli.cli import main; "
+        f"main(['train', *{args!r}]); "
+        "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    try:
+        out = {}
+        bare = [sys.executable, __file__, "--bare-peak", *overrides]
+        for name, cmd in (("aigc", [sys.executable, "-c", aigc]), ("bare", bare)):
+            text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            out[name] = float(text.rsplit("PEAK", 1)[1].split()[0])
+        out["ratio"] = out["aigc"] / out["bare"]
+        return out
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def bare_peak(overrides: list[str]) -> None:
+    """The bare side of `peak_memory`, run as `bench.py --bare-peak <overrides>`."""
+    BareLoop(compose_cfg(overrides)).run(MEMORY_STEPS)
+    print("PEAK", peak_rss_mb())
+
+
 def cli_seconds(*args: str, repeats: int = 3) -> float:
     """Median wall time of `aigc <args>` in a fresh interpreter."""
     times = []
@@ -540,6 +573,12 @@ def write_markdown(path: Path, results: dict) -> None:
     lines += ["", "| start-up | seconds |", "| --- | ---: |"]
     for k, v in results.get("startup", {}).items():
         lines.append(f"| {k} | {v:.2f} |")
+    mem = results.get("peak_memory_mb")
+    if mem:
+        lines += ["", f"| peak RSS, {MEMORY_STEPS} steps in a fresh process | aigc train MB | "
+                  "bare loop MB | ratio |", "| --- | ---: | ---: | ---: |"]  # fmt: skip
+        lines += [f"| {k} | {v['aigc']:.0f} | {v['bare']:.0f} | {v['ratio']:.2f} |"
+                  for k, v in mem.items()]  # fmt: skip
     ref = results.get("mlp_vae_reference")
     if ref:
         lines += [
@@ -559,7 +598,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--only", nargs="*", default=[], help="case names to run")
     p.add_argument("--intervals", type=int, default=0, help="log intervals per case (0: by family)")
+    p.add_argument("--bare-peak", nargs="*", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.bare_peak is not None:
+        return bare_peak(args.bare_peak)
 
     # Log intervals per family: about 40-60 s of both loops per case on a 2-core CPU, so the
     # whole bench stays under 10 minutes there.
@@ -659,6 +701,16 @@ def main(argv: list[str] | None = None) -> None:
             )
         for k, v in results["startup"].items():
             print(f"{k:36s} {v:6.2f} s", flush=True)
+        save()
+    if not args.quick and (not args.only or "memory" in args.only):
+        memory = {"default (vae_shapes)": []}
+        if shakespeare.is_file():
+            memory["gpt_shakespeare"] = [
+                "experiment=gpt_shakespeare",
+                f"dataset.path={shakespeare}",
+            ]
+        results["peak_memory_mb"] = {k: peak_memory(v) for k, v in memory.items()}
+        print(json.dumps(results["peak_memory_mb"], indent=2), flush=True)
         save()
     if not args.quick and mnist.is_dir() and (not args.only or "mlp_vae" in args.only):
         results["mlp_vae_reference"] = reference_mlp_vae(args.data, epochs=1)

@@ -110,7 +110,7 @@ BAD_INPUTS = [
     (["trainer.max_steps=many"], "'trainer.max_steps': 'many' is not a valid int"),
     (["optim.lr=-1"], "'optim.lr': -1.0 must be > 0"),
     (["trainer.batch_size=0"], "'trainer.batch_size': 0 must be >= 1"),
-    (["trainer.precision=8"], "'trainer.precision': '8'; choose from: 32, bf16, 16"),
+    (["trainer.precision=8"], "'trainer.precision': '8'; choose from: auto, 32, bf16, 16"),
     (["dataset.image_size=3"], "dataset.image_size"),
     (["dataset=gaussians"], "model 'vae' cannot train on points data"),
     (["model=gan", "dataset=pydoc"], "model 'gan' cannot train on text data"),
