@@ -49,6 +49,15 @@ def tiny_overrides(model: str = "vae", dataset: str = "shapes") -> list[str]:
     ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Rendered built-in datasets are cached in a folder of this session (subprocesses inherit
+    it), not in the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("aigc_cache")
+    os.environ["AIGC_CACHE"] = str(folder)
+    return folder
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """CI sets AIGC_TEST_DEADLINE (Unix time) for the slow tests: tests that would start after it
     are skipped, so the run ends with a report instead of being killed mid-test."""

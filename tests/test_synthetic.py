@@ -62,3 +62,27 @@ def test_gaussians_layout_and_metrics():
     assert noise["high_quality"] < 0.1
     grid = gaussians(GaussiansConfig(modes=25, train_size=100, test_size=10))
     assert grid.centres.shape == (25, 2) and grid.std == 0.05
+
+
+def test_rendered_shapes_are_cached_and_a_damaged_cache_is_rendered_again(tmp_path, monkeypatch):
+    """The cache gives back exactly what rendering gives; a damaged entry is replaced, and
+    AIGC_CACHE=off writes nothing."""
+    from aigc_cli.build import build_data
+
+    monkeypatch.setenv("AIGC_CACHE", str(tmp_path))
+    cfg = {"name": "shapes", "train_size": 50, "test_size": 10, "image_size": 16}
+    first = build_data(cfg)
+    [entry] = list(tmp_path.glob("shapes-*.safetensors"))
+    again = build_data(cfg)
+    assert torch.equal(again.train[0], first.train[0]) and torch.equal(again.test[1], first.test[1])
+    monkeypatch.setenv("AIGC_CACHE", "off")
+    fresh = build_data(cfg)
+    assert torch.equal(fresh.train[0], first.train[0])  # the cache holds the true rendering
+    assert len(list(tmp_path.iterdir())) == 1
+    monkeypatch.setenv("AIGC_CACHE", str(tmp_path))
+    entry.write_bytes(b"damaged")
+    assert torch.equal(build_data(cfg).train[0], first.train[0])
+    assert entry.stat().st_size > 1000  # rewritten
+    other = build_data({**cfg, "seed": 7})  # another config, another entry
+    assert not torch.equal(other.train[0], first.train[0])
+    assert len(list(tmp_path.glob("shapes-*.safetensors"))) == 2

@@ -13,6 +13,7 @@ from aigc_cli.data.base import DataSpec, TensorData
 from aigc_cli.registry import DATASETS
 
 SHAPE_NAMES = ["circle", "square", "triangle"]
+SHAPES_VERSION = 1  # bump when render_shapes draws differently: cached renders are then stale
 
 
 @dataclass
@@ -74,9 +75,20 @@ def shapes(cfg: ShapesConfig) -> TensorData:
     check(cfg.channels in (1, 3), "dataset.channels", f"{cfg.channels} must be 1 or 3")
     check(cfg.train_size >= 1 and cfg.test_size >= 1, "dataset.train_size", "sizes must be >= 1")
     check(0 < cfg.min_size <= cfg.max_size <= 1, "dataset.min_size", "need 0 < min <= max <= 1")
-    g = torch.Generator().manual_seed(cfg.seed)
-    train = render_shapes(cfg.train_size, cfg, g)
-    test = render_shapes(cfg.test_size, cfg, g)
+    from dataclasses import asdict
+
+    from aigc_cli.data.cache import cached
+
+    def render() -> dict[str, Tensor]:
+        g = torch.Generator().manual_seed(cfg.seed)
+        (x, y), (tx, ty) = (
+            render_shapes(cfg.train_size, cfg, g),
+            render_shapes(cfg.test_size, cfg, g),
+        )
+        return {"train_x": x, "train_y": y, "test_x": tx, "test_y": ty}
+
+    t = cached("shapes", asdict(cfg), SHAPES_VERSION, render)
+    train, test = (t["train_x"], t["train_y"]), (t["test_x"], t["test_y"])
     spec = DataSpec(
         kind="image",
         shape=[cfg.channels, cfg.image_size, cfg.image_size],
