@@ -522,10 +522,12 @@ def evaluate_run(
     from aigc_cli.data.base import has_sample_metrics
 
     with inference(run) as model:
+        # At the training batch size, final evaluation included: it fits wherever training
+        # does, and a larger one set the run's peak memory (make bench's peak RSS table).
         metrics = evaluate(
             model,
             run.data,
-            batch_size=max(run.t.batch_size, 256) if final else run.t.batch_size,
+            batch_size=run.t.batch_size,
             max_batches=batches,
             num_samples=run.t.eval_samples if final and has_sample_metrics(run.data) else 0,
             seed=run.seed,
