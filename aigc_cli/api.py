@@ -36,7 +36,7 @@ class Model:
         return self
 
     def __repr__(self) -> str:
-        params = sum(p.numel() for p in self.module.parameters())
+        params = self.module.num_parameters()
         return (
             f"aigc Model({self.name}, {self.spec.kind} {self.spec.shape}, "
             f"{params / 1e6:.2f}M parameters, step {self.step}, from {self.source})"

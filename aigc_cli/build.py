@@ -138,20 +138,29 @@ def load_run(
 
         return read_export(Path(ckpt_path).parent, device)
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+
+    def weights() -> dict[str, torch.Tensor]:
+        ema = ckpt.get("ema") if use_ema and ckpt.get("ema") else None
+        return ema["weights"] if ema else ckpt["model_state"]
+
+    model = rebuild(ckpt, weights, Path(ckpt_path), "it was not written by aigc train")
+    return model.to(device).eval(), ckpt
+
+
+def rebuild(record: dict[str, Any], weights: Any, where: Path, hint: str) -> GenerativeModel:
+    """A model from a saved record (its "model" config and "dataset" spec) and `weights()`, with
+    one line naming `where` for a record that lacks a part or weights that do not fit. Paths the
+    config names are cleared (`no_paths`)."""
     try:
-        spec = DataSpec.from_dict(ckpt["dataset"]["spec"])
-        model = build_model(no_paths(ckpt["model"]["config"]), spec)
-        state = ckpt.get("ema") if use_ema and ckpt.get("ema") else None
-        model.load_state_dict(state["weights"] if state else ckpt["model_state"])
+        spec = DataSpec.from_dict(record["dataset"]["spec"])
+        model = build_model(no_paths(record["model"]["config"]), spec)
+        model.load_state_dict(weights())
     except (KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"{ckpt_path} is missing {e} and cannot be loaded",
-            hint="it was not written by aigc train",
-        ) from e
+        raise CheckpointError(f"{where} is missing {e} and cannot be loaded", hint=hint) from e
     except RuntimeError as e:
         raise CheckpointError(
-            f"the weights in {ckpt_path} do not fit model '{ckpt['model']['config']['name']}' "
+            f"the weights in {where} do not fit model '{record['model']['config']['name']}' "
             f"({str(e).splitlines()[0][:100]})",
-            hint="the checkpoint belongs to another model or version",
+            hint="it belongs to another model or version",
         ) from e
-    return model.to(device).eval(), ckpt
+    return model

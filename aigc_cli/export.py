@@ -79,9 +79,9 @@ def run_export(node: Any) -> Path:
             from aigc_cli.onnx_export import export_onnx
 
             # The graphs carry the weights as stored (rounded to dtype), computed in fp32.
-            exported, _ = read_weights_into(model, folder)
+            exported = read_weights_into(model, folder)
             meta["onnx"] = export_onnx(exported, folder, torch.device(cfg.device))
-        write_metadata(folder, model, meta, ckpt_path)
+        write_metadata(folder, meta, ckpt_path)
 
     replace_folder(out, fill)
     for g in meta.get("onnx", []):
@@ -119,21 +119,20 @@ def replace_folder(out: Path, fill: Any) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_metadata(folder: Path, model: Any, meta: dict[str, Any], ckpt_path: Path) -> None:
+def write_metadata(folder: Path, meta: dict[str, Any], ckpt_path: Path) -> None:
     from aigc_cli.checkpoint import atomic_write_text
 
     atomic_write_text(folder / CONFIG, json.dumps(meta, indent=2) + "\n")
-    atomic_write_text(folder / "README.md", model_card(model, meta, ckpt_path))
+    atomic_write_text(folder / "README.md", model_card(meta, ckpt_path))
 
 
-def read_weights_into(model: Any, folder: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+def read_weights_into(model: Any, folder: Path) -> Any:
     """A copy of `model` holding the folder's weights (as stored, back in fp32)."""
     import copy
 
     clone = copy.deepcopy(model)
-    state = load_weights(folder / WEIGHTS)
-    clone.load_state_dict(state)
-    return clone.eval(), state
+    clone.load_state_dict(load_weights(folder / WEIGHTS))
+    return clone.eval()
 
 
 def run_record(run_dir: Path, ckpt_path: Path, step: int) -> dict[str, Any]:
@@ -221,16 +220,12 @@ def export_config(model: Any, ckpt: dict[str, Any], dtype: str, used_ema: bool) 
         "tokenizer": spec.get("tokenizer") or None,
         "class_names": spec.get("class_names") or [],
         "step": int(ckpt["step"]),
-        "weights": {"dtype": dtype, "ema": used_ema, "parameters": count_parameters(model)},
+        "weights": {"dtype": dtype, "ema": used_ema, "parameters": model.num_parameters()},
         "choices": ckpt.get("choices") or {},
     }
 
 
-def count_parameters(model: Any) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def model_card(model: Any, meta: dict[str, Any], ckpt_path: Path) -> str:
+def model_card(meta: dict[str, Any], ckpt_path: Path) -> str:
     from aigc_cli.registry import MODELS
 
     name = meta["model"]["name"]
@@ -284,38 +279,32 @@ def model_card(model: Any, meta: dict[str, Any], ckpt_path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_export(folder: Path, device: torch.device | str = "cpu") -> tuple[Any, dict[str, Any]]:
-    """The model of an export folder and a checkpoint-like record (model, dataset, step,
-    metrics) for the commands that take a run. Reads only the folder's two files; the
-    config names registry entries, never paths (a latent diffusion's autoencoder is rebuilt
-    from its recorded config, its weights are in the file)."""
-    from aigc_cli.build import build_model, no_paths
-    from aigc_cli.data.base import DataSpec
-
-    folder = Path(folder)
+def read_meta(folder: Path) -> dict[str, Any]:
+    """An export folder's config.json, checked to be one this version reads."""
     try:
-        meta = json.loads((folder / CONFIG).read_text())
+        meta = json.loads((Path(folder) / CONFIG).read_text())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{folder / CONFIG} cannot be read ({e})",
+        raise CheckpointError(f"{Path(folder) / CONFIG} cannot be read ({e})",
                               hint="export the run again with `aigc export`") from e  # fmt: skip
     if meta.get("format") != EXPORT_FORMAT or int(meta.get("format_version", 0)) > EXPORT_VERSION:
         raise CheckpointError(
             f"{folder} is not an aigc export of format version {EXPORT_VERSION} or older",
             hint="export it again with this version's `aigc export`",
         )
-    try:
-        model = build_model(
-            no_paths(meta["model"]["config"]), DataSpec.from_dict(meta["dataset"]["spec"])
-        )
-        model.load_state_dict(load_weights(folder / WEIGHTS))
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{folder / CONFIG} is missing {e}",
-                              hint="export the run again with `aigc export`") from e  # fmt: skip
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"the weights in {folder / WEIGHTS} do not fit model '{meta['model']['name']}' "
-            f"({str(e).splitlines()[0][:100]})",
-        ) from e
+    return meta
+
+
+def read_export(folder: Path, device: torch.device | str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """The model of an export folder and a checkpoint-like record (model, dataset, step,
+    metrics) for the commands that take a run. Reads only the folder's two files; the
+    config names registry entries, never paths (a latent diffusion's autoencoder is rebuilt
+    from its recorded config, its weights are in the file)."""
+    from aigc_cli.build import rebuild
+
+    folder = Path(folder)
+    meta = read_meta(folder)
+    model = rebuild(meta, lambda: load_weights(folder / WEIGHTS), folder,
+                    "export the run again with `aigc export`")  # fmt: skip
     record = {
         "model": meta["model"],
         "dataset": meta["dataset"],

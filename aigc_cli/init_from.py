@@ -55,11 +55,9 @@ def init_weights(model: Any, source: str) -> list[str]:
 def source_weights(path: Path) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:
     """(state dict, model name, data spec) of a checkpoint or an export's safetensors."""
     if Path(path).suffix == ".safetensors":
-        import json
+        from aigc_cli.export import load_weights, read_meta
 
-        from aigc_cli.export import CONFIG, load_weights
-
-        meta = json.loads((Path(path).parent / CONFIG).read_text())
+        meta = read_meta(Path(path).parent)
         return load_weights(path), meta["model"]["name"], meta["dataset"]["spec"]
     from aigc_cli.checkpoint import load_checkpoint
 

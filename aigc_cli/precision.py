@@ -50,7 +50,7 @@ def choose_precision(model: Any, batch: tuple, device: torch.device) -> tuple[st
     units = cpu_bf16_units()
     if units is None:
         return "32", "this CPU has no bf16 matrix units (AMX or AVX-512 bf16)"
-    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n = model.num_parameters(trainable_only=True)
     if n < PROBE_MIN_PARAMS:
         return "32", (f"{n / 1e6:.2f}M parameters, under the {PROBE_MIN_PARAMS / 1e6:.0f}M below "
                       "which bf16 autocast does not pay on a CPU")  # fmt: skip

@@ -429,7 +429,7 @@ def open_logger(
 def describe(run: Run, notes: list[str]) -> None:
     for note in notes:
         run.log.print(note)
-    n_params = sum(p.numel() for p in run.model.parameters())
+    n_params = run.model.num_parameters()
     per_rank = run.t.batch_size // run.world.size
     run.log.print(
         f"model [bold]{run.model.cfg.name}[/] ({n_params / 1e6:.2f}M parameters) on "

@@ -116,6 +116,9 @@ class GenerativeModel(nn.Module):
         """Extra image grids to log at each sample interval (e.g. reconstructions)."""
         return {}
 
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
