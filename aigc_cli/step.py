@@ -87,8 +87,10 @@ def train_step(
             undo.append(snapshot(opt.optimizers[name]))
         norm = apply_stage(stages, opt, want_norm)
         stepped = True
-        for k in stages[0].scalars:
-            scalars[f"{name}/{k}"] = sum(s.scalars[k].float() for s in stages) / len(stages)
+        for k, v in stages[0].scalars.items():
+            if len(stages) > 1:  # the mean over the micro-batches; one batch: no extra kernel
+                v = torch.stack([s.scalars[k].float() for s in stages]).mean()
+            scalars[f"{name}/{k}"] = v.float()
         if norm is not None:
             norms[f"{name}/grad_norm"] = norm.float()
     for r in runs:
