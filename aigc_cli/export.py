@@ -231,15 +231,18 @@ def model_card(meta: dict[str, Any], ckpt_path: Path) -> str:
     name = meta["model"]["name"]
     spec = meta["dataset"]["spec"]
     shape = "×".join(str(s) for s in spec["shape"])
+    doc = (MODELS.get(name).obj.__doc__ or "").strip().split("\n\n")[0]
+    what = (f"windows of {shape} tokens" if spec["kind"] == "text"
+            else f"{spec['kind']} of shape {shape}")  # fmt: skip
     lines = [
         f"# {name} on {meta['dataset']['name']}",
         "",
-        f"{MODELS.get(name).description} Trained with aigc for {meta['step']} steps; exported "
+        f"{' '.join(doc.split())} Trained with aigc for {meta['step']} steps; exported "
         f"from `{ckpt_path}` ({'EMA' if meta['weights']['ema'] else 'live'} weights, "
         f"{meta['weights']['dtype']}).",
         "",
         f"- parameters: {meta['weights']['parameters'] / 1e6:.2f}M",
-        f"- data: {meta['dataset']['name']}, {spec['kind']} of shape {shape}"
+        f"- data: {meta['dataset']['name']}, {what}"
         + (f", classes: {', '.join(spec['class_names'])}" if spec.get("class_names") else ""),
     ]
     if spec.get("tokenizer"):
