@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,11 @@ def cpu_bf16_units() -> str | None:
     return None
 
 
-def choose_precision(model: Any, batch: tuple, device: torch.device) -> tuple[str, str]:
-    """("bf16" | "32", why) for this model, device and batch."""
+def choose_precision(
+    model: Any, batch: Callable[[], tuple], device: torch.device
+) -> tuple[str, str]:
+    """("bf16" | "32", why) for this model and device; `batch()` gives the probe's batch and is
+    called only when a probe runs (fetching one may start a data loader)."""
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return "bf16", f"{torch.cuda.get_device_name(device)} has bf16"
@@ -54,7 +58,7 @@ def choose_precision(model: Any, batch: tuple, device: torch.device) -> tuple[st
     if n < PROBE_MIN_PARAMS:
         return "32", (f"{n / 1e6:.2f}M parameters, under the {PROBE_MIN_PARAMS / 1e6:.0f}M below "
                       "which bf16 autocast does not pay on a CPU")  # fmt: skip
-    fp32, bf16 = probe(model, batch, device)
+    fp32, bf16 = probe(model, batch(), device)
     speedup = fp32 / bf16
     timing = f"a training step took {bf16 * 1e3:.0f} ms in bf16, {fp32 * 1e3:.0f} ms in fp32"
     if speedup >= MARGIN:

@@ -342,9 +342,11 @@ def resolve_precision(cfg: DictConfig, t: TrainerConfig, ckpt: dict[str, Any] | 
     else:
         choice, why = "32", ""
         if world.is_main:
-            # a test batch: the training data's iterators stay untouched
-            first = next(data.eval_iter(max(1, t.batch_size // world.size), 1))
-            batch = tuple(to_device(x, device, layout) for x in first)
+
+            def batch() -> tuple:  # a test batch, drawn only if the probe runs
+                first = next(data.eval_iter(max(1, t.batch_size // world.size), 1))
+                return tuple(to_device(x, device, layout) for x in first)
+
             choice, why = choose_precision(model, batch, device)
         choice, why = distributed.broadcast_object((choice, why), world)
     t.precision = choice

@@ -295,8 +295,9 @@ def auto_pick(cfg: DictConfig) -> str:
 
     data = build_data(cfg.dataset)
     model = build_model(cfg.model, data.spec)
-    batch = next(data.train_iter(int(cfg.trainer.batch_size), 1))
-    choice, why = choose_precision(model, batch, torch.device("cpu"))
+    choice, why = choose_precision(
+        model, lambda: next(data.train_iter(int(cfg.trainer.batch_size), 1)), torch.device("cpu")
+    )
     return f"{choice} ({why})"
 
 

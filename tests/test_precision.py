@@ -24,18 +24,22 @@ BIG = ["model.n_layer=4", "model.n_embd=256", "model.n_head=4"]  # 3.2M paramete
 
 def test_the_rule(make_cfg, monkeypatch):
     cpu = torch.device("cpu")
-    small, batch = _model(make_cfg)
+    small, _ = _model(make_cfg)
     big, big_batch = _model(make_cfg, *BIG)
     monkeypatch.setattr(precision, "cpu_bf16_units", lambda: None)
-    assert precision.choose_precision(big, big_batch, cpu)[0] == "32"  # no bf16 units
+    assert precision.choose_precision(big, lambda: big_batch, cpu)[0] == "32"  # no bf16 units
     monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "AMX")
-    choice, why = precision.choose_precision(small, batch, cpu)
+
+    def no_batch():
+        raise AssertionError("a small model draws no probe batch")
+
+    choice, why = precision.choose_precision(small, no_batch, cpu)
     assert choice == "32" and "under the 2M" in why  # small: no probe at all
     monkeypatch.setattr(precision, "probe", lambda *a: (2.0, 1.0))
-    choice, why = precision.choose_precision(big, big_batch, cpu)
+    choice, why = precision.choose_precision(big, lambda: big_batch, cpu)
     assert choice == "bf16" and "2.00x" in why
     monkeypatch.setattr(precision, "probe", lambda *a: (1.0, 0.9))  # 1.11x: not enough
-    assert precision.choose_precision(big, big_batch, cpu)[0] == "32"
+    assert precision.choose_precision(big, lambda: big_batch, cpu)[0] == "32"
 
 
 def test_the_probe_changes_no_weight_and_no_random_stream(make_cfg):
@@ -75,3 +79,4 @@ def test_bf16_loss_curve_stays_close_to_fp32(make_cfg, tmp_path):
     a, b = torch.tensor(curves["32"]), torch.tensor(curves["bf16"])
     assert a[-1] < 0.8 * a[0] and b[-1] < 0.8 * b[0]  # both learn
     assert ((a - b).abs() / a.abs()).max() < 0.05, (curves["32"], curves["bf16"])
+    assert not torch.equal(a, b)  # bf16 did run: its rounding shows in the curve
