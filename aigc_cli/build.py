@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from aigc_cli import startup
 from aigc_cli.checkpoint import load_checkpoint
 from aigc_cli.config import validate
 from aigc_cli.data.base import DataModule, DataSpec
@@ -133,6 +134,7 @@ def load_run(
 ) -> tuple[GenerativeModel, dict[str, Any]]:
     """Rebuild the model from a checkpoint alone: registry name + saved config + data spec (or
     from an export folder's model.safetensors and config.json)."""
+    startup.resume()  # `aigc sample/eval/export`: the heavy imports are done by now
     if Path(ckpt_path).suffix == ".safetensors":
         from aigc_cli.export import read_export
 

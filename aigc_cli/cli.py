@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         _fail(f"unknown command '{command}'; choose from: {', '.join(COMMANDS)}", 2)
+    from aigc_cli import startup
+
+    startup.pause()  # resumed once the run or model is built
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Hydra then raises instead of printing its own report; we print one line below.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -108,8 +111,9 @@ def main(argv: list[str] | None = None) -> None:
             rest = [_quoted_prompt(a) for a in rest]
         if command == "eval":
             rest = [_eval_dataset(a) for a in rest]
-        from aigc_cli import sweep
+        from aigc_cli import compose_once, sweep
 
+        compose_once.install()
         sweep.failed_jobs = 0  # set by the sweep's summary callback
         sys.argv = [f"aigc-{command}", *rest]
         APPS[command]()
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             raise  # a bug in aigc: keep the traceback
         _fail(message, code)
     finally:
+        startup.end()
         if not full_error:
             os.environ.pop("HYDRA_FULL_ERROR", None)
 

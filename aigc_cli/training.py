@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
-from aigc_cli import distributed, sync_batchnorm
+from aigc_cli import distributed, startup, sync_batchnorm
 from aigc_cli.build import build_data, build_model, resolve_checkpoint
 from aigc_cli.checkpoint import load_checkpoint, save_checkpoint, save_rotating
 from aigc_cli.config import OptimConfig, TrainerConfig, validate_optim, validate_trainer
@@ -138,6 +138,7 @@ def train(
 def loop(run: Run) -> dict[str, float]:
     """The training loop: a step, then the periodic work, until max_steps or a stop signal."""
     t, stop = run.t, StopFlag()
+    startup.resume()  # the run is built: the collector back on, start-up's objects frozen
     run.log.start_progress(t.max_steps, run.step)
     try:
         with stop.installed():
