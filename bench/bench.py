@@ -592,6 +592,22 @@ def write_markdown(path: Path, results: dict) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def results_stem(folder: Path, name: str, results: dict) -> Path:
+    """Where this run's figures go: bench_<host>_<date>, or with -2, -3... when that file holds
+    another machine's figures (the same host name can be another CPU from one day to the next),
+    so a run never overwrites another machine's results."""
+    stem, n = folder / name, 1
+    while stem.with_suffix(".json").is_file():
+        try:
+            if json.loads(stem.with_suffix(".json").read_text()).get("cpu") == results["cpu"]:
+                return stem
+        except (OSError, ValueError):
+            pass
+        n += 1
+        stem = folder / f"{name}-{n}"
+    return stem
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a few steps each; CI smoke run")
@@ -663,7 +679,7 @@ def main(argv: list[str] | None = None) -> None:
         "quick": args.quick,
         "cases": {},
     }
-    stem = args.out / f"bench_{platform.node() or 'host'}_{results['date']}"
+    stem = results_stem(args.out, f"bench_{platform.node() or 'host'}_{results['date']}", results)
 
     def save() -> None:  # after every part, so a run cut short still leaves its figures
         if args.quick:
@@ -697,7 +713,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.quick:
             # In turns, so both see the machine in the same state; the share is per pair.
             seconds_to_first_step()  # the first run on a machine renders and caches the shapes
-            pairs = [(seconds_to_first_step(), seconds_to_bare_first_step()) for _ in range(5)]
+            pairs = [(seconds_to_first_step(), seconds_to_bare_first_step()) for _ in range(9)]
             startup = results["startup"]
             startup["aigc train: start to first step"] = statistics.median(a for a, _ in pairs)
             startup["bare PyTorch: start to first Adam step"] = statistics.median(

@@ -4,6 +4,7 @@ loop when the two alternate step by step, and the interval put on their ratio.""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 
 import pytest
@@ -97,3 +98,17 @@ def test_step_flops_of_an_mlp_vae_match_a_hand_count(bench):
     forward = sum(2 * b * i * o for i, o in layers)
     expected = 3 * forward - 2 * b * d * h  # the first layer's input gradient is not computed
     assert bench.step_flops(cfg) == expected
+
+
+def test_results_of_another_machine_are_never_overwritten(bench, tmp_path):
+    """The host name can stay while the CPU changes: a second machine's run of the same day
+    goes to a new file; the same machine's run updates its own."""
+    amd, intel = {"cpu": "AMD EPYC"}, {"cpu": "Intel Xeon"}
+    name = "bench_vm_2026-12-02"
+    assert bench.results_stem(tmp_path, name, amd) == tmp_path / name
+    (tmp_path / f"{name}.json").write_text(json.dumps(amd))
+    assert bench.results_stem(tmp_path, name, amd) == tmp_path / name
+    assert bench.results_stem(tmp_path, name, intel) == tmp_path / f"{name}-2"
+    (tmp_path / f"{name}-2.json").write_text(json.dumps(intel))
+    assert bench.results_stem(tmp_path, name, intel) == tmp_path / f"{name}-2"
+    assert bench.results_stem(tmp_path, name, {"cpu": "Arm"}) == tmp_path / f"{name}-3"
