@@ -48,6 +48,18 @@ from aigc_cli.config import validate_optim
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Mid-size models where bf16 can pay on a CPU: nanoGPT's GPU recipe size (10.7M parameters,
+# block 256, batch 64) and a DCGAN at 64 pixels with the classic 64 channels, each in fp32 and
+# bf16; a few steps each, after 2 of warm-up. bench/device_check.py runs them on a GPU too.
+MID_CASES = {
+    "gpt_mid": ["model=transformer", "dataset=pydoc", "dataset.block_size=256",
+                "model.n_layer=6", "model.n_head=6", "model.n_embd=384", "model.dropout=0",
+                "trainer.batch_size=64"],
+    "dcgan64": ["model=gan", "dataset.image_size=64", "model.g_channels=64",
+                "model.d_channels=64", "trainer.batch_size=64", "dataset.test_size=500"],
+}  # fmt: skip
+
+
 def compose_cfg(overrides: list[str]) -> DictConfig:
     with initialize_config_module(config_module="aigc_cli.configs", version_base="1.3"):
         return compose("train", overrides=["trainer.device=cpu", *overrides])
@@ -65,6 +77,12 @@ def cpu_name() -> str:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux carries
+    that over from the parent into a child it starts (vfork + exec), so a child of a large
+    bench process would report the bench's own peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -353,9 +371,10 @@ def peak_memory(overrides: list[str]) -> dict[str, float]:
     args = [*overrides, f"trainer.max_steps={MEMORY_STEPS}", "trainer.progress=false",
             f"hydra.run.dir={run_dir}"]  # fmt: skip
     aigc = (
-        "import resource; from aigc_cli.cli import main; "
+        "from pathlib import Path; from aigc_cli.cli import main; "
         f"main(['train', *{args!r}]); "
-        "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        "hwm = [x for x in Path('/proc/self/status').read_text().splitlines() if 'VmHWM' in x]; "
+        "print('PEAK', int(hwm[0].split()[1]) / 1024)"
     )
     try:
         out = {}
@@ -632,19 +651,9 @@ def main(argv: list[str] | None = None) -> None:
         "transformer_pydoc": ["model=transformer", *small],
         "diffusion_shapes": ["model=diffusion", *small, "dataset.test_size=500"],
     }
-    # Mid-size models where bf16 can pay on a CPU: nanoGPT's GPU recipe size (10.7M
-    # parameters, block 256, batch 64) and a DCGAN at 64 pixels with the classic 64 channels,
-    # each in fp32 and bf16; a few steps each, after 2 of warm-up.
-    mid = {
-        "gpt_mid": ["model=transformer", "dataset=pydoc", "dataset.block_size=256",
-                    "model.n_layer=6", "model.n_head=6", "model.n_embd=384", "model.dropout=0",
-                    "trainer.batch_size=64"],
-        "dcgan64": ["model=gan", "dataset.image_size=64", "model.g_channels=64",
-                    "model.d_channels=64", "trainer.batch_size=64", "dataset.test_size=500"],
-    }  # fmt: skip
     mid_cases = {}
     if not args.quick:
-        for base, overrides in mid.items():
+        for base, overrides in MID_CASES.items():
             for p in ("32", "bf16"):
                 mid_cases[f"{base}_{p}"] = [*overrides, *small, f"trainer.precision={p}",
                                             "trainer.log_every=2"]  # fmt: skip
@@ -680,6 +689,9 @@ def main(argv: list[str] | None = None) -> None:
         "cases": {},
     }
     stem = results_stem(args.out, f"bench_{platform.node() or 'host'}_{results['date']}", results)
+    if args.only and stem.with_suffix(".json").is_file():  # a partial re-run updates its parts
+        earlier = json.loads(stem.with_suffix(".json").read_text())
+        results = {**earlier, **results, "cases": earlier.get("cases", {})}
 
     def save() -> None:  # after every part, so a run cut short still leaves its figures
         if args.quick:
