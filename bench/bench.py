@@ -307,15 +307,19 @@ def step_flops(cfg: DictConfig) -> float:
     return float(counter.get_total_flops())
 
 
-def auto_pick(cfg: DictConfig) -> str:
+def auto_pick(cfg: DictConfig, device: torch.device | None = None) -> str:
     """What trainer.precision=auto chooses for the case's model on this machine, and why."""
     from aigc_cli.precision import choose_precision
 
-    data = build_data(cfg.dataset)
-    model = build_model(cfg.model, data.spec)
-    choice, why = choose_precision(
-        model, lambda: next(data.train_iter(int(cfg.trainer.batch_size), 1)), torch.device("cpu")
-    )
+    device = device or torch.device("cpu")
+    data = build_data(cfg.dataset).to(device)
+    model = build_model(cfg.model, data.spec).to(device)
+    batch_size = int(cfg.trainer.batch_size)
+
+    def batch() -> tuple:
+        return tuple(x.to(device) for x in next(data.train_iter(batch_size, 1)))
+
+    choice, why = choose_precision(model, batch, device)
     return f"{choice} ({why})"
 
 

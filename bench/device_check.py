@@ -1,31 +1,89 @@
-"""Accelerator check: every family on CUDA in fp32, bf16 autocast and with torch.compile;
-the presets' figures; throughput and (transformer) model FLOPs utilisation.
+"""Accelerator check, one script for a short loan of a GPU: every registered family in fp32,
+bf16 autocast, bf16 + torch.compile and channels_last, then make bench's mid-size cases
+(bench/bench.py's MID_CASES) in fp32 and bf16, each timed through aigc's own loop with its
+model FLOPs utilisation against the matmul rate measured on the same device in the same run,
+and what trainer.precision=auto picks for it. `--presets` then trains the default presets to
+their figures.
 
-    python bench/device_check.py OUT_DIR [--text PATH_TO_TINY_SHAKESPEARE]
+    python bench/device_check.py OUT_DIR [--only NAME,...] [--presets] [--steps N]
+    python bench/device_check.py OUT_DIR --smoke     # on the CPU, a few steps: the plumbing
 
-Writes OUT_DIR/device_results.json and a few sample images / texts. Needs a CUDA GPU."""
+Writes OUT_DIR/device_results.json and device_results.md after every case, so a loan that ends
+early still leaves what it measured. Needs a CUDA GPU unless --smoke."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra import compose, initialize_config_module
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aigc_cli.training import train
+from bench import MID_CASES, auto_pick, step_flops
 
-# Dense bf16 peak of the GPUs we report on (vendor datasheets), for model FLOPs utilisation.
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+# The variants of the family matrix; compile falls back to a quick backend in --smoke.
+VARIANTS = {
+    "fp32": ["trainer.precision=32", "trainer.channels_last=false"],
+    "bf16": ["trainer.precision=bf16", "trainer.channels_last=false"],
+    "bf16_compile": ["trainer.precision=bf16", "trainer.compile=true"],
+    "channels_last": ["trainer.precision=32", "trainer.channels_last=true"],
+}
 
 
-def mean_rate(run_dir: Path) -> float:
-    """Mean samples/s over the logged intervals, skipping the first (warm-up, compilation)."""
+def families() -> list[str]:
+    """Every registered model family, each on its default dataset (latent diffusion is the
+    diffusion family on a trained VAE's latents, left to the presets)."""
+    from aigc_cli.registry import MODELS
+
+    return MODELS.names()
+
+
+PRESETS = {
+    "default_run": [],
+    "flow_shapes": ["model=flow"],
+    "gan_shapes": ["experiment=gan_shapes"],
+    "diffusion_gaussians": ["experiment=diffusion_gaussians"],
+    "flow_gaussians": ["experiment=flow_gaussians"],
+}
+QUIET = ["trainer.progress=false", "trainer.eval_every=0", "trainer.sample_every=0",
+         "trainer.ckpt_every=0"]  # fmt: skip
+
+
+def compose_cfg(overrides: list[str]) -> Any:
+    with initialize_config_module(config_module="aigc_cli.configs", version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def matmul_rates(device: torch.device, n: int, repeats: int = 10) -> dict[str, float]:
+    """FLOP/s of an n x n product in fp32 (TF32 where allowed) and bf16 on `device`."""
+    out = {}
+    for name, dtype in (("32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, dtype=dtype, device=device)
+        b = torch.randn(n, n, dtype=dtype, device=device)
+        a @ b
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        sync(device)
+        out[name] = 2 * n**3 * repeats / (time.perf_counter() - t0)
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def logged_rate(run_dir: Path) -> float:
+    """Mean samples/s over the logged intervals after the first (warm-up, compilation)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
@@ -35,185 +93,142 @@ def mean_rate(run_dir: Path) -> float:
     return sum(rest) / len(rest)
 
 
-ONLY: set[str] = set()
-
-
-def run(name: str, overrides: list[str], out: Path, results: dict, keep: str | None = None):
-    if ONLY and name not in ONLY:
-        return None
-    with initialize_config_module(config_module="aigc_cli.configs", version_base="1.3"):
-        cfg = compose(
-            "train", overrides=["trainer.device=cuda", "trainer.progress=false", *overrides]
-        )
-    run_dir = Path(tempfile.mkdtemp(prefix=name + "_"))
-    torch.cuda.reset_peak_memory_stats()
+def run_case(name: str, overrides: list[str], ctx: dict) -> dict:
+    """One training run through aigc's loop; its throughput, memory, MFU and final metrics."""
+    device = ctx["device"]
+    cfg = compose_cfg([f"trainer.device={device.type}", *overrides])
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{name}_"))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    try:
-        metrics = train(cfg, run_dir=run_dir)
-    except Exception as e:  # record and go on: one broken path must not hide the others
-        results[name] = {"overrides": overrides, "error": f"{type(e).__name__}: {e}"}
-        print(name, "FAILED", e, flush=True)
-        return None
+    metrics = train(cfg, run_dir=run_dir)
     wall = time.perf_counter() - t0
-    rate = mean_rate(run_dir)
+    rate = logged_rate(run_dir)
+    ms = 1000 * int(cfg.trainer.batch_size) * int(cfg.trainer.accumulate) / rate
+    precision = str(cfg.trainer.precision)
+    peak = ctx["rates"]["bf16" if precision == "bf16" else "32"]
     entry = {
         "overrides": overrides,
+        "precision": precision,
         "wall_s": round(wall, 2),
-        "steps": cfg.trainer.max_steps,
         "samples_per_s": round(rate, 1),
-        "ms_per_step": round(1000 * cfg.trainer.batch_size / rate, 3),
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
-        "metrics": {k: round(v, 4) for k, v in metrics.items()},
+        "ms_per_step": round(ms, 3),
+        "metrics": {k: round(float(v), 4) for k, v in metrics.items()},
     }
-    results[name] = entry
-    print(name, json.dumps(entry), flush=True)
-    if keep:
-        samples = sorted((run_dir / "samples").glob("step_*"))
-        if samples:
-            shutil.copy(samples[-1], out / f"{keep}{samples[-1].suffix}")
-    (out / "device_results.json").write_text(json.dumps(results, indent=2))
-    return run_dir
+    if device.type == "cuda":
+        entry["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    flops = step_flops(cfg)
+    entry["step_gflop"] = round(flops / 1e9, 3)
+    entry["mfu"] = round(flops / (ms / 1000) / peak, 4)
+    return entry
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def write(out: Path, results: dict) -> None:
+    (out / "device_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    rates = results.get("matmul_flops", {})
+    lines = [
+        f"# device check: {results['device']}, {results['date']}",
+        "",
+        f"torch {results['torch']}, CUDA {results['cuda']}. Matmul ({results['matmul_n']}²): "
+        + ", ".join(f"{k}: {v / 1e12:.1f} TFLOP/s" for k, v in rates.items())
+        + ". MFU is each case's FlopCounterMode count of a training step per second over "
+        "the rate of its precision.",
+        "",
+        "| case | precision | samples/s | ms/step | MFU | peak GiB | auto picks |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, e in results["cases"].items():
+        if "error" in e:
+            lines.append(f"| {name} | | | | | | failed: {e['error'][:80]} |")
+            continue
+        mfu = f"{100 * e['mfu']:.1f}%" if "mfu" in e else ""
+        cells = [name, e["precision"], e["samples_per_s"], e["ms_per_step"], mfu,
+                 e.get("peak_mem_gib", ""), e.get("auto_pick", "")]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    for name, e in results.get("presets", {}).items():
+        figures = ", ".join(f"{k} {v}" for k, v in e.get("metrics", {}).items())
+        lines.append(f"\n- preset {name}: {e.get('wall_s')} s; {figures or e.get('error')}")
+    (out / "device_results.md").write_text("\n".join(lines) + "\n")
+
+
+def cases(smoke: bool, steps: int) -> dict[str, list[str]]:
+    """Name → overrides: the family × variant matrix, then the mid-size cases."""
+    length = [f"trainer.max_steps={steps}", f"trainer.log_every={max(1, steps // 5)}"]
+    tiny = ["trainer.batch_size=8", "dataset.train_size=64", "dataset.test_size=16"]
+    out = {}
+    for family in families():
+        for variant, extra in VARIANTS.items():
+            size = tiny if smoke and family != "transformer" else []
+            if smoke and family == "transformer":
+                size = ["trainer.batch_size=4"]
+            backend = ["trainer.compile_backend=eager"] if smoke and "compile" in variant else []
+            out[f"{family}_{variant}"] = [f"model={family}", *extra, *backend, *size, *length,
+                                          *QUIET]  # fmt: skip
+    for base, overrides in MID_CASES.items():
+        for precision in ("32", "bf16"):
+            size = ["trainer.batch_size=2"] if smoke else []
+            if smoke:  # the text split has no test_size; its windows shrink instead
+                size += ["dataset.block_size=32"] if "gpt" in base else ["dataset.test_size=16"]
+            out[f"{base}_{precision}"] = [*overrides, f"trainer.precision={precision}", *size,
+                                          *length, *QUIET]  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
-    p.add_argument("--text", default="../shared/data/tinyshakespeare/input.txt")
-    p.add_argument("--only", default="", help="comma-separated run names to do (default: all)")
-    args = p.parse_args()
-    ONLY.update(filter(None, args.only.split(",")))
+    p.add_argument("--only", default="", help="comma-separated case names (default: all)")
+    p.add_argument("--steps", type=int, default=0, help="steps per case (default 200; smoke 3)")
+    p.add_argument("--presets", action="store_true", help="also train the presets to figures")
+    p.add_argument("--smoke", action="store_true", help="CPU, a few steps, quick compile")
+    args = p.parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        sys.exit("no CUDA GPU: this check needs one (--smoke runs its plumbing on the CPU)")
+    device = torch.device("cpu" if args.smoke else "cuda")
     args.out.mkdir(parents=True, exist_ok=True)
-    if not torch.cuda.is_available():
-        sys.exit("no CUDA GPU: this check needs one")
-    gpu = torch.cuda.get_device_name()
-    results: dict = {
-        "gpu": gpu,
+    n = 256 if args.smoke else 8192
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "date": time.strftime("%Y-%m-%d"),
+        "matmul_n": n,
+        "matmul_flops": matmul_rates(device, n),
+        "cases": {},
     }
-    print(results, flush=True)
-    fast = ["trainer.eval_every=0", "trainer.sample_every=0", "trainer.ckpt_every=0"]
-    gpt = ["experiment=gpt_shakespeare", f"dataset.path={args.text}"]
-
-    run("vae_fp32", ["model=vae"], args.out, results, keep="vae_samples")
-    run("vae_sigma02", ["model=vae", "model.sigma=0.2"], args.out, results, keep="vae_sigma02")
-    run("vae_sigma03", ["model=vae", "model.sigma=0.3"], args.out, results, keep="vae_sigma03")
-    run(
-        "gan_cond_ns",
-        ["model=gan", "model.conditional=true", "trainer.max_steps=2000"],
-        args.out,
-        results,
-        keep="gan_cond_ns",
-    )
-    run(
-        "vae_base16",
-        ["model=vae", "model.base_channels=16"],
-        args.out,
-        results,
-        keep="vae_base16_samples",
-    )
-    run(
-        "vae_bf16_compile",
-        ["model=vae", "trainer.precision=bf16", "trainer.compile=true", *fast],
-        args.out,
-        results,
-    )
-    run(
-        "vae_fp16_scaler",
-        ["model=vae", "trainer.precision=16", "trainer.max_steps=300", *fast],
-        args.out,
-        results,
-    )
-    run("gpt_shakespeare_fp32", gpt, args.out, results, keep="gpt_shakespeare_sample")
-    run(
-        "gpt_shakespeare_bf16_compile",
-        [*gpt, "trainer.precision=bf16", "trainer.compile=true"],
-        args.out,
-        results,
-    )
-    run("gan_fp32", ["model=gan"], args.out, results, keep="gan_samples")
-    run(
-        "gan_3000",
-        ["model=gan", "trainer.max_steps=3000"],
-        args.out,
-        results,
-        keep="gan_3000_samples",
-    )
-    run(
-        "gan_gaussians8",
-        [
-            "model=gan",
-            "dataset=gaussians",
-            "trainer.max_steps=3000",
-            "trainer.batch_size=256",
-            "optim.lr=1e-3",
-            "model.latent_dim=16",
-            *fast,
-        ],
-        args.out,
-        results,
-        keep="gan_gaussians8",
-    )
-    run(
-        "gan_bf16_compile",
-        ["model=gan", "trainer.precision=bf16", "trainer.compile=true", *fast],
-        args.out,
-        results,
-    )
-    run(
-        "gan_wgan_gp",
-        ["model=gan", "model.loss=wgan_gp", "model.n_critic=5", "trainer.max_steps=1500"],
-        args.out,
-        results,
-        keep="gan_wgan_gp",
-    )
-    run(
-        "gan_hinge_sn_conditional",
-        [
-            "model=gan",
-            "model.loss=hinge",
-            "model.spectral_norm=true",
-            "model.conditional=true",
-            "trainer.max_steps=3000",
-        ],
-        args.out,
-        results,
-        keep="gan_conditional",
-    )
-    # A GPU-sized GPT for throughput and MFU (tokens/s x 6N + attention FLOPs per token).
-    big = [
-        *gpt,
-        "model.n_layer=6",
-        "model.n_head=6",
-        "model.n_embd=384",
-        "dataset.block_size=256",
-        "trainer.batch_size=64",
-        "trainer.max_steps=300",
-        "trainer.precision=bf16",
-        "trainer.compile=true",
-        "trainer.log_every=25",
-        *fast,
-    ]
-    run_dir = run("gpt_6L384_bf16_compile", big, args.out, results)
-    if run_dir is not None:
-        entry = results["gpt_6L384_bf16_compile"]
-        ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-        n_params = sum(
-            v.numel()
-            for k, v in ckpt["model_state"].items()
-            if not k.endswith("wpe.weight") and not k.endswith("head.weight")
-        )
-        layers, dim, t = 6, 384, 256
-        flops_per_token = 6 * n_params + 12 * layers * dim * t
-        tokens = entry["samples_per_s"] * t
-        peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
-        entry["tokens_per_s"] = round(tokens)
-        entry["params"] = n_params
-        if peak:
-            entry["mfu"] = round(tokens * flops_per_token / peak, 4)
-    (args.out / "device_results.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    ctx = {"device": device, "rates": results["matmul_flops"]}
+    only = set(filter(None, args.only.split(",")))
+    todo = cases(args.smoke, args.steps or (3 if args.smoke else 200))
+    for name, overrides in todo.items():
+        if only and name not in only:
+            continue
+        try:  # one broken path must not hide the others
+            entry = run_case(name, overrides, ctx)
+            if name.endswith(("_fp32", "_32")):
+                auto = [o for o in overrides if "precision" not in o]
+                entry["auto_pick"] = auto_pick(compose_cfg(auto), device)
+        except Exception as e:
+            entry = {"overrides": overrides, "error": f"{type(e).__name__}: {e}"}
+        results["cases"][name] = entry
+        print(name, json.dumps(entry), flush=True)
+        write(args.out, results)
+    if args.presets:
+        results["presets"] = {}
+        for name, overrides in PRESETS.items():
+            try:
+                full = [f"trainer.device={device.type}", "trainer.progress=false", *overrides]
+                t0 = time.perf_counter()
+                metrics = train(compose_cfg(full), run_dir=tempfile.mkdtemp(prefix=name))
+                entry = {
+                    "overrides": overrides,
+                    "wall_s": round(time.perf_counter() - t0, 1),
+                    "metrics": {k: round(float(v), 4) for k, v in metrics.items()},
+                }
+            except Exception as e:
+                entry = {"overrides": overrides, "error": f"{type(e).__name__}: {e}"}
+            results["presets"][name] = entry
+            write(args.out, results)
+    return results
 
 
 if __name__ == "__main__":

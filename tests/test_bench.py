@@ -112,3 +112,31 @@ def test_results_of_another_machine_are_never_overwritten(bench, tmp_path):
     (tmp_path / f"{name}-2.json").write_text(json.dumps(intel))
     assert bench.results_stem(tmp_path, name, intel) == tmp_path / f"{name}-2"
     assert bench.results_stem(tmp_path, name, {"cpu": "Arm"}) == tmp_path / f"{name}-3"
+
+
+@pytest.mark.slow
+def test_device_check_runs_every_family_and_mid_size_case(tmp_path):
+    """The GPU script's plumbing, on the CPU (--smoke: a few steps, a quick compile backend):
+    every registered family in each variant and both mid-size cases run through aigc's loop
+    and report throughput, MFU and auto's pick, in the JSON and the markdown table."""
+    from aigc_cli.registry import MODELS
+
+    spec = importlib.util.spec_from_file_location(
+        "aigc_device_check", REPO / "bench" / "device_check.py"
+    )
+    dc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dc)
+    results = dc.main([str(tmp_path), "--smoke"])
+    cases = results["cases"]
+    assert {k: v["error"] for k, v in cases.items() if "error" in v} == {}
+    assert {name.split("_")[0] for name in cases} >= set(MODELS.names())
+    assert {"gpt_mid_32", "gpt_mid_bf16", "dcgan64_32", "dcgan64_bf16"} <= set(cases)
+    for name, entry in cases.items():
+        assert entry["samples_per_s"] > 0 and entry["mfu"] > 0, name
+        assert entry["precision"] == ("bf16" if "bf16" in name else "32"), name
+    assert all("auto_pick" in e for n, e in cases.items() if n.endswith(("_fp32", "_32")))
+    table = (tmp_path / "device_results.md").read_text()
+    assert all(f"| {name} |" in table for name in cases)
+    assert (
+        json.loads((tmp_path / "device_results.json").read_text())["cases"].keys() == cases.keys()
+    )
