@@ -278,17 +278,21 @@ def ratio_interval(tool: list[float], bare: list[float], level: float = 0.9) -> 
     return [ratios[lo], ratios[draws - 1 - lo]]
 
 
-def matmul_peaks(n: int = 2048, repeats: int = 10) -> dict[str, float]:
-    """This machine's matmul FLOP/s in fp32 and bf16 (an n x n product, median of repeats):
-    the peaks model FLOPs utilisation is measured against."""
+def matmul_peaks(n: int = 2048, repeats: int = 10, device: str = "cpu") -> dict[str, float]:
+    """The device's matmul FLOP/s in fp32 (TF32 on a GPU where allowed) and bf16 (an n x n
+    product, median of repeats): the peaks model FLOPs utilisation is measured against."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     out = {}
     for name, dtype in (("32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a = torch.randn(n, n, dtype=dtype, device=device)
+        b = torch.randn(n, n, dtype=dtype, device=device)
         a @ b  # warm-up
+        sync()
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             a @ b
+            sync()
             times.append(time.perf_counter() - t0)
         out[name] = 2 * n**3 / statistics.median(times)
     return out
@@ -374,16 +378,10 @@ def peak_memory(overrides: list[str]) -> dict[str, float]:
     run_dir = Path(tempfile.mkdtemp(prefix="bench_mem_"))
     args = [*overrides, f"trainer.max_steps={MEMORY_STEPS}", "trainer.progress=false",
             f"hydra.run.dir={run_dir}"]  # fmt: skip
-    aigc = (
-        "from pathlib import Path; from aigc_cli.cli import main; "
-        f"main(['train', *{args!r}]); "
-        "hwm = [x for x in Path('/proc/self/status').read_text().splitlines() if 'VmHWM' in x]; "
-        "print('PEAK', int(hwm[0].split()[1]) / 1024)"
-    )
     try:
         out = {}
-        bare = [sys.executable, __file__, "--bare-peak", *overrides]
-        for name, cmd in (("aigc", [sys.executable, "-c", aigc]), ("bare", bare)):
+        for name, flag, rest in (("aigc", "--aigc-peak", args), ("bare", "--bare-peak", overrides)):
+            cmd = [sys.executable, __file__, flag, *rest]
             text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             out[name] = float(text.rsplit("PEAK", 1)[1].split()[0])
         out["ratio"] = out["aigc"] / out["bare"]
@@ -395,6 +393,15 @@ def peak_memory(overrides: list[str]) -> dict[str, float]:
 def bare_peak(overrides: list[str]) -> None:
     """The bare side of `peak_memory`, run as `bench.py --bare-peak <overrides>`."""
     BareLoop(compose_cfg(overrides)).run(MEMORY_STEPS)
+    print("PEAK", peak_rss_mb())
+
+
+def aigc_peak(args: list[str]) -> None:
+    """aigc's side of `peak_memory`, run as `bench.py --aigc-peak <train args>`: the same
+    process set-up as the bare side, then `aigc train`."""
+    from aigc_cli.cli import main as aigc_main
+
+    aigc_main(["train", *args])
     print("PEAK", peak_rss_mb())
 
 
@@ -640,9 +647,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="case names to run; also startup, memory, mlp_vae")  # fmt: skip
     p.add_argument("--intervals", type=int, default=0, help="log intervals per case (0: by family)")
     p.add_argument("--bare-peak", nargs="*", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--aigc-peak", nargs="*", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.bare_peak is not None:
         return bare_peak(args.bare_peak)
+    if args.aigc_peak is not None:
+        return aigc_peak(args.aigc_peak)
 
     # Log intervals per family: about 40-60 s of both loops per case on a 2-core CPU, so the
     # whole bench stays under 10 minutes there.

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aigc_cli.training import train
-from bench import MID_CASES, auto_pick, step_flops
+from bench import MID_CASES, auto_pick, compose_cfg, matmul_peaks, step_flops
 
 # The variants of the family matrix; compile falls back to a quick backend in --smoke.
 VARIANTS = {
@@ -54,32 +53,6 @@ PRESETS = {
 }
 QUIET = ["trainer.progress=false", "trainer.eval_every=0", "trainer.sample_every=0",
          "trainer.ckpt_every=0"]  # fmt: skip
-
-
-def compose_cfg(overrides: list[str]) -> Any:
-    with initialize_config_module(config_module="aigc_cli.configs", version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
-def matmul_rates(device: torch.device, n: int, repeats: int = 10) -> dict[str, float]:
-    """FLOP/s of an n x n product in fp32 (TF32 where allowed) and bf16 on `device`."""
-    out = {}
-    for name, dtype in (("32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(n, n, dtype=dtype, device=device)
-        b = torch.randn(n, n, dtype=dtype, device=device)
-        a @ b
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        sync(device)
-        out[name] = 2 * n**3 * repeats / (time.perf_counter() - t0)
-    return out
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def logged_rate(run_dir: Path) -> float:
@@ -158,9 +131,7 @@ def cases(smoke: bool, steps: int) -> dict[str, list[str]]:
     out = {}
     for family in families():
         for variant, extra in VARIANTS.items():
-            size = tiny if smoke and family != "transformer" else []
-            if smoke and family == "transformer":
-                size = ["trainer.batch_size=4"]
+            size = (["trainer.batch_size=4"] if family == "transformer" else tiny) if smoke else []
             backend = ["trainer.compile_backend=eager"] if smoke and "compile" in variant else []
             out[f"{family}_{variant}"] = [f"model={family}", *extra, *backend, *size, *length,
                                           *QUIET]  # fmt: skip
@@ -193,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cuda": torch.version.cuda,
         "date": time.strftime("%Y-%m-%d"),
         "matmul_n": n,
-        "matmul_flops": matmul_rates(device, n),
+        "matmul_flops": matmul_peaks(n, device=device.type),
         "cases": {},
     }
     ctx = {"device": device, "rates": results["matmul_flops"]}
