@@ -3,7 +3,7 @@
 From Python:
     import aigc_cli as aigc
     model = aigc.load("outputs/<run>")        # or an `aigc export` folder, or a checkpoint
-    images = model.sample(16, seed=0)         # images in [0, 1], points, or texts
+    result = model.sample(16, seed=0)         # result.images in [0, 1], .points or .texts
     metrics = aigc.train(["model=gan", "trainer.max_steps=500"])
 """
 

@@ -1,17 +1,22 @@
 """aigc from Python: `aigc_cli.load(path)` gives a trained model ready to sample, from an export
-folder, a run dir or a checkpoint; `aigc_cli.training(overrides=[...])` trains through the same
+folder, a run dir or a checkpoint; `aigc_cli.training.loop(overrides=[...])` trains through the same
 Hydra configs as `aigc train` and returns the final metrics."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aigc_cli.results import SampleResult
 
 
 class Model:
-    """A trained model in eval mode. `sample(n, seed=...)` returns images as an (n, C, H, W)
-    tensor in [0, 1], points as (n, D), or a list of n texts; keyword options are the family's
-    own (`prompt=`, `temperature=` for text; `sampler=`, `steps=`, `guidance=` for diffusion and
+    """A trained model in eval mode. `sample(n, seed=...)` returns a typed result
+    (aigc_cli.results): `Images` (`.images`, an (n, C, H, W) tensor in [0, 1]), `Points`
+    (`.points`, (n, D)) or `Texts` (`.texts`, n strings), with `.sampler` and `.nfe`, and
+    `.write(path_stem)` to save it as `aigc sample` does. Keyword options are the family's own
+    (`prompt=`, `temperature=` for text; `sampler=`, `steps=`, `guidance=` for diffusion and
     flow; `classes=` for conditional models). The same seed gives the same samples as
     `aigc sample seed=...` on the run."""
 
@@ -24,7 +29,7 @@ class Model:
         self.step = int(record.get("step", 0))
         self.metrics: dict[str, Any] = dict(record.get("metrics") or {})
 
-    def sample(self, n: int = 1, seed: int = 0, **options: Any) -> Any:
+    def sample(self, n: int = 1, seed: int = 0, **options: Any) -> SampleResult:
         import torch
 
         g = torch.Generator().manual_seed(seed)
@@ -49,7 +54,8 @@ def load(
     """The model of an export folder, a run dir (its `checkpoint`: last or best) or a checkpoint
     file, on `device`; EMA weights when the run kept them (unless ema=False). Loading runs no
     code from the file (safetensors, or torch.load with weights_only)."""
-    from aigc_cli.build import load_run, resolve_checkpoint, resolve_device
+    from aigc_cli.build import resolve_device
+    from aigc_cli.store.runs import load_run, resolve_checkpoint
 
     ckpt_path = resolve_checkpoint(Path(path), checkpoint)
     module, record = load_run(ckpt_path, resolve_device(device), use_ema=ema)
@@ -68,9 +74,9 @@ def train(
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf, open_dict
 
+    from aigc_cli.commands.train import GROUPS
     from aigc_cli.errors import AigcError, ConfigError
-    from aigc_cli.runs import GROUPS
-    from aigc_cli.training import train as _train
+    from aigc_cli.training.loop import train as _train
 
     overrides = list(overrides or [])
     GlobalHydra.instance().clear()
@@ -80,7 +86,7 @@ def train(
     except AigcError:
         raise
     except Exception as e:  # Hydra's composition errors, said as `aigc train` says them
-        from aigc_cli.cli import describe_error
+        from aigc_cli.cli.app import describe_error
 
         message, _ = describe_error(e, overrides)
         if message is None:
@@ -96,7 +102,6 @@ def train(
 
 
 def _final_metrics(ckpt_path: Path, step: int) -> dict[str, Any]:
-    from aigc_cli.build import run_dir_of
-    from aigc_cli.export import run_record
+    from aigc_cli.store.rundir import RunDir
 
-    return run_record(run_dir_of(ckpt_path), ckpt_path, step)["metrics"]
+    return RunDir.of_checkpoint(ckpt_path).record_at(ckpt_path, step)["metrics"]

@@ -1,5 +1,5 @@
-"""The only place components are constructed: from registry names and validated configs, for
-training, and from a checkpoint alone, for sampling and evaluation."""
+"""The only place components are constructed: a dataset and a model from their registry names
+and validated configs (store/runs.py rebuilds them from a checkpoint through here)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from aigc_cli import startup
-from aigc_cli.checkpoint import load_checkpoint
 from aigc_cli.config import validate
 from aigc_cli.data.base import DataModule, DataSpec
 from aigc_cli.errors import CheckpointError, ConfigError
-from aigc_cli.models.base import GenerativeModel
+from aigc_cli.models.base import TrainedModel, check_interface
 from aigc_cli.registry import DATASETS, MODELS, Registry
 
 
@@ -40,16 +38,11 @@ def build_data(dataset_cfg: Any) -> DataModule:
     return builder(cfg)
 
 
-def no_paths(model_cfg: dict[str, Any]) -> dict[str, Any]:
-    """A saved model config with the paths it names cleared: a latent diffusion is rebuilt from
-    its recorded autoencoder config and the weights in the file, so a loaded file never
-    chooses a path aigc reads."""
-    return {**model_cfg, "autoencoder": None} if "autoencoder" in model_cfg else dict(model_cfg)
-
-
-def build_model(model_cfg: Any, spec: DataSpec) -> GenerativeModel:
+def build_model(model_cfg: Any, spec: DataSpec) -> TrainedModel:
     cls, cfg = _entry_and_config(MODELS, "model", model_cfg)
-    return cls(cfg, spec)
+    model = cls(cfg, spec)
+    check_interface(model)
+    return model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,78 +71,14 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-# ---- runs -------------------------------------------------------------------------------
+def no_paths(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """A saved model config with the paths it names cleared: a latent diffusion is rebuilt from
+    its recorded autoencoder config and the weights in the file, so a loaded file never
+    chooses a path aigc reads."""
+    return {**model_cfg, "autoencoder": None} if "autoencoder" in model_cfg else dict(model_cfg)
 
 
-def find_runs(root: Path | None = None) -> list[Path]:
-    """Run dirs under `root` (default: the outputs root) holding a checkpoint, oldest first."""
-    from aigc_cli.paths import outputs_root
-
-    root = Path(root) if root is not None else outputs_root()
-    if not root.is_dir():
-        return []
-    runs = {p.parent.parent for p in root.rglob("checkpoints/last.pt")}
-    return sorted(runs, key=lambda p: (p / "checkpoints" / "last.pt").stat().st_mtime)
-
-
-def resolve_checkpoint(
-    run: str | Path | None, which: str = "last", root: Path | None = None
-) -> Path:
-    """A checkpoint file from a run dir, a checkpoint path, or None (= the newest run)."""
-    if run in (None, "", "latest"):
-        from aigc_cli.paths import outputs_root
-
-        root = Path(root) if root is not None else outputs_root()
-        runs = find_runs(root)
-        if not runs:
-            raise CheckpointError(
-                f"no trained run found under {root.resolve()}",
-                hint="train one first with `aigc train`, or pass run=<run dir>",
-            )
-        run = runs[-1]
-    path = Path(str(run)).expanduser()
-    if path.is_file():
-        return path
-    if not path.exists():
-        raise CheckpointError(f"run not found: {path}", hint="pass run=<run dir>")
-    from aigc_cli.export import WEIGHTS, is_export
-
-    if is_export(path):  # an `aigc export` folder stands in for a run
-        return path / WEIGHTS
-    ckpt = path / "checkpoints" / f"{which}.pt"
-    if not ckpt.is_file():
-        raise CheckpointError(
-            f"{path} has no checkpoints/{which}.pt", hint="is it a run dir of `aigc train`?"
-        )
-    return ckpt
-
-
-def run_dir_of(ckpt_path: Path) -> Path:
-    ckpt_path = Path(ckpt_path)
-    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-
-
-def load_run(
-    ckpt_path: Path, device: torch.device | str = "cpu", use_ema: bool = True
-) -> tuple[GenerativeModel, dict[str, Any]]:
-    """Rebuild the model from a checkpoint alone: registry name + saved config + data spec (or
-    from an export folder's model.safetensors and config.json)."""
-    startup.resume()  # `aigc sample/eval/export`: the heavy imports are done by now
-    if Path(ckpt_path).suffix == ".safetensors":
-        from aigc_cli.export import read_export
-
-        return read_export(Path(ckpt_path).parent, device)
-    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-
-    def weights() -> dict[str, torch.Tensor]:
-        ema = ckpt.get("ema") if use_ema and ckpt.get("ema") else None
-        return ema["weights"] if ema else ckpt["model_state"]
-
-    model = rebuild(ckpt, weights, Path(ckpt_path), "it was not written by aigc train")
-    return model.to(device).eval(), ckpt
-
-
-def rebuild(record: dict[str, Any], weights: Any, where: Path, hint: str) -> GenerativeModel:
+def rebuild(record: dict[str, Any], weights: Any, where: Path, hint: str) -> TrainedModel:
     """A model from a saved record (its "model" config and "dataset" spec) and `weights()`, with
     one line naming `where` for a record that lacks a part or weights that do not fit. Paths the
     config names are cleared (`no_paths`)."""

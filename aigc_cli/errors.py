@@ -33,3 +33,12 @@ class CheckpointError(AigcError):
 
 class TrainingError(AigcError):
     """Training cannot continue (non-finite loss, out of memory)."""
+
+
+class UserExit(BaseException):
+    """Carries an AigcError out of a single Hydra run: a BaseException passes Hydra's job runner
+    untouched, so it prints no 'Error executing job' banner before the CLI's one line."""
+
+    def __init__(self, error: AigcError) -> None:
+        super().__init__(str(error))
+        self.error = error

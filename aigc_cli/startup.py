@@ -17,7 +17,9 @@ its collector alone: `resume` does nothing unless `pause` turned the collector o
 
 from __future__ import annotations
 
+import contextlib
 import gc
+from collections.abc import Iterator
 
 _state: str | None = None  # "paused", then "frozen"
 
@@ -47,3 +49,13 @@ def end() -> None:
     elif _state == "frozen":
         gc.unfreeze()
     _state = None
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """One command's life: paused at the start, everything given back at the end."""
+    pause()
+    try:
+        yield
+    finally:
+        end()

@@ -40,10 +40,10 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from rich.console import Console
 
-from aigc_cli import logger as logger_module
-from aigc_cli import training as train_module
 from aigc_cli.build import build_data, build_model
 from aigc_cli.config import validate_optim
+from aigc_cli.training import logger as logger_module
+from aigc_cli.training import loop as train_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -313,7 +313,7 @@ def step_flops(cfg: DictConfig) -> float:
 
 def auto_pick(cfg: DictConfig, device: torch.device | None = None) -> str:
     """What trainer.precision=auto chooses for the case's model on this machine, and why."""
-    from aigc_cli.precision import choose_precision
+    from aigc_cli.training.precision import choose_precision
 
     device = device or torch.device("cpu")
     data = build_data(cfg.dataset).to(device)
@@ -399,7 +399,7 @@ def bare_peak(overrides: list[str]) -> None:
 def aigc_peak(args: list[str]) -> None:
     """aigc's side of `peak_memory`, run as `bench.py --aigc-peak <train args>`: the same
     process set-up as the bare side, then `aigc train`."""
-    from aigc_cli.cli import main as aigc_main
+    from aigc_cli.cli.app import main as aigc_main
 
     aigc_main(["train", *args])
     print("PEAK", peak_rss_mb())

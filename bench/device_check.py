@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from aigc_cli.training import train
+from aigc_cli.training.loop import train
 from bench import MID_CASES, auto_pick, compose_cfg, matmul_peaks, step_flops
 
 # The variants of the family matrix; compile falls back to a quick backend in --smoke.

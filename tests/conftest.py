@@ -123,7 +123,7 @@ def run_main(tmp_path, monkeypatch, capsys):
     """`aigc ...` in this process (no interpreter start-up): returns (exit code, stdout, stderr)."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from aigc_cli.cli import main
+    from aigc_cli.cli.app import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["aigc"])

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aigc_cli import step as step_module
-from aigc_cli.checkpoint import load_checkpoint
+from aigc_cli.distributed.batchnorm import has_batchnorm
 from aigc_cli.errors import ConfigError
-from aigc_cli.sync_batchnorm import has_batchnorm
-from aigc_cli.training import train
+from aigc_cli.store.checkpoint import load_checkpoint
+from aigc_cli.training import step as step_module
+from aigc_cli.training.loop import train
 
 from .test_matrix import KIND_DATA, SMALL
 

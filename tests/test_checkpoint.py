@@ -8,8 +8,13 @@ import time
 import pytest
 import torch
 
-from aigc_cli.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, save_rotating
 from aigc_cli.errors import CheckpointError
+from aigc_cli.store.checkpoint import (
+    FORMAT_VERSION,
+    load_checkpoint,
+    save_checkpoint,
+    save_rotating,
+)
 
 
 def test_round_trip(tmp_path):
@@ -92,7 +97,7 @@ def test_rotation_clears_temporary_files_of_a_killed_writer(tmp_path):
 
 WRITER = """
 import sys, torch
-from aigc_cli.checkpoint import save_rotating
+from aigc_cli.store.checkpoint import save_rotating
 w = torch.randint(0, 10**6, (4_000_000,), dtype=torch.int32)  # 16 MB: slow enough to kill mid-write
 for step in range(1, 1000):
     print("writing", step, flush=True)

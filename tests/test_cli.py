@@ -155,7 +155,7 @@ def tiny_run(tmp_path_factory) -> Path:
     """A finished 2-step VAE run to break in various ways."""
     from hydra import compose, initialize_config_module
 
-    from aigc_cli.training import train
+    from aigc_cli.training.loop import train
 
     run = tmp_path_factory.mktemp("tiny_run")
     with initialize_config_module(config_module="aigc_cli.configs", version_base="1.3"):

@@ -81,20 +81,20 @@ def test_samplers_with_the_optimal_denoiser_reproduce_gaussian_data(kind, sample
     this Gaussian's variance (about 10% at 50 steps), so the check uses 250."""
     model = _optimal_diffusion(kind)
     g = torch.Generator().manual_seed(0)
-    x = model.sample(8000, generator=g, sampler=sampler, steps=steps)
-    mean, cov = _moments(x)
+    result = model.sample(8000, generator=g, sampler=sampler, steps=steps)
+    mean, cov = _moments(result.points)
     assert torch.allclose(mean, MU, atol=0.035), mean
     assert torch.allclose(cov, COV, atol=0.035), cov
-    assert model.last_nfe == (1000 if sampler == "ddpm" else steps)
+    assert result.nfe == (1000 if sampler == "ddpm" else steps)
 
 
 def test_ddim_with_eta_zero_is_deterministic_given_its_noise():
     model = _optimal_diffusion()
-    a = model.sample(16, generator=torch.Generator().manual_seed(1), steps=10)
-    b = model.sample(16, generator=torch.Generator().manual_seed(1), steps=10)
-    c = model.sample(16, generator=torch.Generator().manual_seed(2), steps=10)
+    a = model.sample(16, generator=torch.Generator().manual_seed(1), steps=10).points
+    b = model.sample(16, generator=torch.Generator().manual_seed(1), steps=10).points
+    c = model.sample(16, generator=torch.Generator().manual_seed(2), steps=10).points
     assert torch.equal(a, b) and not torch.equal(a, c)
-    d = model.sample(16, generator=torch.Generator().manual_seed(1), steps=10, eta=1.0)
+    d = model.sample(16, generator=torch.Generator().manual_seed(1), steps=10, eta=1.0).points
     assert not torch.equal(a, d)  # eta > 0 adds fresh noise each step
 
 
@@ -119,11 +119,11 @@ class OptimalVelocity(nn.Module):
 def test_flow_samplers_with_the_optimal_velocity_reproduce_gaussian_data(sampler, steps):
     model = Flow(Flow.Config(hidden=8), POINTS).eval()
     model.net = OptimalVelocity()
-    x = model.sample(8000, generator=torch.Generator().manual_seed(0), sampler=sampler,
-                     steps=steps)  # fmt: skip
-    mean, cov = _moments(x)
+    result = model.sample(8000, generator=torch.Generator().manual_seed(0), sampler=sampler,
+                          steps=steps)  # fmt: skip
+    mean, cov = _moments(result.points)
     assert torch.allclose(mean, MU, atol=0.035) and torch.allclose(cov, COV, atol=0.035), cov
-    assert model.last_nfe == steps * (2 if sampler == "heun" else 1)
+    assert result.nfe == steps * (2 if sampler == "heun" else 1)
 
 
 class LabelNet(nn.Module):
@@ -177,14 +177,14 @@ def test_conditional_grid_has_one_row_per_class():
     spec = DataSpec("image", [1, 16, 16], num_classes=3)
     cfg = Diffusion.Config(conditional=True, base_channels=8, timesteps=10, steps=2)
     model = Diffusion(cfg, spec)
-    images = model.eval().sample(7, steps=2, guidance=2.0)
-    assert images.shape == (6, 1, 16, 16) and model.grid_nrow == 2
-    assert model.last_nfe == 2 * 2  # guidance batches the two predictions: 2 per step
+    result = model.eval().sample(7, steps=2, guidance=2.0)
+    assert result.images.shape == (6, 1, 16, 16) and result.nrow == 2
+    assert result.nfe == 2 * 2  # guidance batches the two predictions: 2 per step
 
 
 @pytest.mark.parametrize("family", ["diffusion", "flow"])
 def test_training_loss_falls_on_shapes(make_cfg, tmp_path, family):
-    from aigc_cli.training import train
+    from aigc_cli.training.loop import train
 
     from .conftest import read_scalars
 

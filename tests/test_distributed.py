@@ -123,7 +123,7 @@ def _forked_rank(rank: int, port: int, cfg, run_dir: Path) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )  # fmt: skip
     torch.set_num_threads(1)  # as DataLoader workers do after a fork
-    from aigc_cli.training import train
+    from aigc_cli.training.loop import train
 
     train(cfg, run_dir=run_dir)
 
@@ -135,8 +135,8 @@ def test_two_forked_ranks_match_one_process(make_cfg, tmp_path):
     import json
     import multiprocessing
 
-    from aigc_cli.checkpoint import load_checkpoint
-    from aigc_cli.training import train
+    from aigc_cli.store.checkpoint import load_checkpoint
+    from aigc_cli.training.loop import train
 
     cfg = make_cfg(*STEPS)
     one, two = tmp_path / "one", tmp_path / "two"
@@ -169,7 +169,7 @@ def test_two_forked_ranks_match_one_process(make_cfg, tmp_path):
 def test_two_ranks_match_one_process(tmp_path):
     """2 gloo ranks × 4 samples follow the run of one process × 8 samples: same weights, same
     pooled test metrics; rank 0 alone writes events and checkpoints, into one run dir."""
-    from aigc_cli.checkpoint import load_checkpoint
+    from aigc_cli.store.checkpoint import load_checkpoint
 
     runs = {}
     for nproc in (1, 2):

@@ -13,12 +13,12 @@ import time
 import pytest
 import torch
 
-from aigc_cli.checkpoint import load_checkpoint
 from aigc_cli.errors import ConfigError, TrainingError
 from aigc_cli.models.vae import VAE
 from aigc_cli.noise import LOCAL
-from aigc_cli.signals import StopFlag, TrainingInterrupted
-from aigc_cli.training import train
+from aigc_cli.store.checkpoint import load_checkpoint
+from aigc_cli.training.loop import train
+from aigc_cli.training.signals import StopFlag, TrainingInterrupted
 
 from .conftest import read_scalars, tiny_overrides
 
@@ -66,7 +66,7 @@ def test_nonfinite_loss_can_be_skipped(make_cfg, tmp_path, monkeypatch):
 def test_failed_periodic_checkpoint_warns_and_training_goes_on(
     make_cfg, tmp_path, monkeypatch, capsys
 ):
-    import aigc_cli.checkpoint as checkpoint
+    import aigc_cli.store.checkpoint as checkpoint
 
     real_save = torch.save
     calls = {"n": 0}

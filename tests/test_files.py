@@ -181,7 +181,7 @@ def test_native_size_is_stored_in_the_run(run_main, tmp_path):
     code, _, err = run_main("train", *tiny_overrides("vae", "image_folder"), "dataset.path=imgs",
                               "dataset.workers=0", "hydra.run.dir=run")  # fmt: skip
     assert code == 0, err
-    from aigc_cli.checkpoint import load_checkpoint
+    from aigc_cli.store.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert ckpt["dataset"]["spec"]["shape"] == [1, 28, 28]

@@ -9,8 +9,8 @@ from aigc_cli.config import OptimConfig
 from aigc_cli.data.base import DataSpec
 from aigc_cli.errors import ConfigError
 from aigc_cli.models.gan import GAN, gradient_penalty, pack_samples
-from aigc_cli.step import Optimization, apply_stage
-from aigc_cli.training import train
+from aigc_cli.training.loop import train
+from aigc_cli.training.step import Optimization, apply_stage
 
 from .conftest import read_scalars
 
@@ -91,7 +91,8 @@ def test_packed_discriminator_gives_one_logit_per_pack(kind):
     )
     cfg = GAN.Config(latent_dim=8, g_channels=8, d_channels=8, max_channels=16, hidden=32, pack=4)
     model = GAN(cfg, spec)
-    x = model.sample(12)
+    result = model.sample(12)
+    x = result.images if spec.kind == "image" else result.points
     assert model.discriminator(model._to_model(x)).shape == (3,)
     stages = list(model.training_step((x, torch.zeros(12)), 0))
     assert [s.opt_name for s in stages] == ["disc", "gen"]
@@ -194,14 +195,16 @@ def test_each_loss_trains_with_finite_losses_and_ema(make_cfg, tmp_path, loss):
 def test_conditional_sampling_gives_one_row_per_requested_class():
     torch.manual_seed(0)
     model = _gan(conditional=True).eval()
-    out = model.sample(12, classes=[2, 0])
-    assert out.shape == (12, 3, 32, 32) and model.grid_nrow == 6
+    result = model.sample(12, classes=[2, 0])
+    assert result.images.shape == (12, 3, 32, 32) and result.nrow == 6
     # rows come from the class embedding: same z with another class differs
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    a, b = model.sample(6, classes=[0], generator=g1), model.sample(6, classes=[1], generator=g2)
+    a = model.sample(6, classes=[0], generator=g1).images
+    b = model.sample(6, classes=[1], generator=g2).images
     assert not torch.allclose(a, b)
-    full = model.sample(64)
-    assert full.shape[0] == 63 and model.grid_nrow == 21  # 3 classes x 21
+    result = model.sample(64)
+    full = result.images
+    assert full.shape[0] == 63 and result.nrow == 21  # 3 classes x 21
     assert float(full.min()) >= 0 and float(full.max()) <= 1
 
 
@@ -217,7 +220,7 @@ def test_conditional_needs_labels():
 def test_gan_image_sizes(size, channels):
     spec = DataSpec(kind="image", shape=[channels, size, size])
     model = GAN(GAN.Config(latent_dim=8, g_channels=8, d_channels=8), spec)
-    x = model.sample(4)
+    x = model.sample(4).images
     assert x.shape == (4, channels, size, size)
     assert model.discriminator(x).shape == (4,)
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aigc_cli.checkpoint import load_checkpoint
+from aigc_cli.commands.export import run_export
 from aigc_cli.errors import ConfigError
-from aigc_cli.export import run_export
-from aigc_cli.training import train
+from aigc_cli.store.checkpoint import load_checkpoint
+from aigc_cli.training.loop import train
 
 FROZEN = ["optim.lr=1e-30", "trainer.max_steps=1", "trainer.ema=false"]  # a step moves nothing
 

@@ -8,10 +8,10 @@ import shutil
 import pytest
 import torch
 
-from aigc_cli.build import load_run
-from aigc_cli.checkpoint import load_checkpoint
 from aigc_cli.errors import ConfigError
-from aigc_cli.training import train
+from aigc_cli.store.checkpoint import load_checkpoint
+from aigc_cli.store.runs import load_run
+from aigc_cli.training.loop import train
 
 SMALL = ["model.hidden=32", "model.timesteps=50", "model.steps=5", "trainer.max_steps=4"]
 
@@ -33,9 +33,10 @@ def test_latent_diffusion_needs_nothing_but_its_run(make_cfg, tmp_path, vae_run)
         assert torch.equal(ckpt["model_state"][f"vae.{k}"], v), k
     shutil.rmtree(vae_run)  # from here on only the latent-diffusion run exists
     model, _ = load_run(ldm / "checkpoints" / "last.pt")
-    images = model.sample(6, generator=torch.Generator().manual_seed(0))
+    result = model.sample(6, generator=torch.Generator().manual_seed(0))
+    images = result.images
     assert images.shape == (6, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
-    assert model.latent_shape == [4] and model.last_nfe == 5
+    assert model.latent_shape == [4] and result.nfe == 5
     train(make_cfg(*SMALL, "trainer.max_steps=6", f"model.autoencoder={vae_run}",
                    f"resume={ldm}", model="diffusion"))  # fmt: skip
     assert load_checkpoint(ldm / "checkpoints" / "last.pt")["step"] == 6

@@ -58,7 +58,7 @@ def test_requeued_command_line_ends_at_the_unbroken_run(tmp_path):
     where one unbroken run ends."""
     import torch
 
-    from aigc_cli.checkpoint import load_checkpoint
+    from aigc_cli.store.checkpoint import load_checkpoint
 
     common = [*tiny_overrides(), "trainer.max_steps=12", "trainer.log_every=1",
               "trainer.ckpt_every=100"]  # fmt: skip

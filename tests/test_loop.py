@@ -5,7 +5,7 @@ import itertools
 
 import torch
 
-from aigc_cli.training import train
+from aigc_cli.training.loop import train
 
 from .conftest import read_scalars
 
@@ -25,7 +25,7 @@ def test_grad_norm_logged_is_the_logged_steps_own(make_cfg, tmp_path):
 
 
 def test_total_norm_matches_clip_grad_norm_and_leaves_grads_alone():
-    from aigc_cli.step import total_norm
+    from aigc_cli.training.step import total_norm
 
     torch.manual_seed(0)
     grads = [torch.randn(3, 4), torch.randn(5)]
@@ -61,7 +61,7 @@ def test_channels_last_run_trains_like_the_contiguous_one(make_cfg, tmp_path):
 def test_memory_format_is_channels_last_only_for_conv_nets_where_asked():
     from torch import nn
 
-    from aigc_cli.training import memory_format, to_device
+    from aigc_cli.training.loop import memory_format, to_device
 
     conv, mlp, cpu = (
         nn.Sequential(nn.Conv2d(3, 4, 3)),
@@ -84,7 +84,7 @@ def test_progress_bar_redraws_at_most_twice_a_second_but_always_on_new_figures(
 ):
     """A redraw costs milliseconds of the training thread in a terminal: plain steps redraw
     only when half a second has passed; a step that brings new loss/rate figures always does."""
-    from aigc_cli import logger
+    from aigc_cli.training import logger
 
     now = [100.0]
     monkeypatch.setattr(logger.time, "monotonic", lambda: now[0])
@@ -106,7 +106,7 @@ def test_progress_bar_redraws_at_most_twice_a_second_but_always_on_new_figures(
 
 def test_trainer_tf32_sets_cudas_maths_both_ways():
     """trainer.tf32 is applied on CUDA runs (the flags are plain globals, so set them here)."""
-    from aigc_cli.training import cuda_math
+    from aigc_cli.training.loop import cuda_math
 
     b = torch.backends
     saved = b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, b.cudnn.benchmark

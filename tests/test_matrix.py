@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import torch
 
-from aigc_cli.checkpoint import load_checkpoint
 from aigc_cli.noise import LOCAL
 from aigc_cli.registry import MODELS
+from aigc_cli.store.checkpoint import load_checkpoint
 
 from .conftest import read_scalars
 
@@ -206,7 +206,7 @@ def _forked_rank(rank: int, port: int, cfg, run_dir: Path) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )  # fmt: skip
     torch.set_num_threads(1)
-    from aigc_cli.training import train
+    from aigc_cli.training.loop import train
 
     train(cfg, run_dir=run_dir)
 
@@ -237,7 +237,7 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def run_cell(cell: dict[str, Any], make_cfg, tmp_path: Path) -> None:
-    from aigc_cli.training import train
+    from aigc_cli.training.loop import train
 
     name, _ = cell["model"].split(":")
     cls = MODELS.get(name).obj
@@ -327,7 +327,7 @@ def test_loss_falls_on_a_fixed_batch(model_kind, make_cfg):
     from aigc_cli.build import build_data, build_model
     from aigc_cli.config import validate_optim
     from aigc_cli.noise import Noise
-    from aigc_cli.step import Optimization, train_step
+    from aigc_cli.training.step import Optimization, train_step
 
     cell = {"model": model_kind, **{k: v[0] for k, v in FACTORS.items()}}
     cfg = compose(make_cfg, cell, "optim.lr=3e-3", "optim.warmup_steps=0")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from aigc_cli.data.base import DataSpec
 from aigc_cli.errors import CheckpointError, ConfigError
 from aigc_cli.metrics import stats
+from aigc_cli.models.base import GenerativeModel
 
 from .conftest import event_tags, tiny_overrides
 
@@ -121,8 +122,8 @@ def test_classifier_learns_shapes_and_does_not_sample(make_cfg):
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     model.eval()
     assert model.features(torch.rand(5, 3, 32, 32)).shape == (5, 128)
-    with pytest.raises(ConfigError, match="does not generate"):
-        model.sample(4)
+    # the classifier is trained like any model but is no GenerativeModel: nothing to sample
+    assert not isinstance(model, GenerativeModel) and not hasattr(model, "sample")
     with pytest.raises(ConfigError, match="labelled dataset"):
         build_model({"name": "classifier"}, DataSpec("image", [3, 32, 32]))
 
@@ -249,7 +250,6 @@ def test_sample_metrics_rank_real_above_degraded_above_noise(make_cfg, monkeypat
     blurred set was not, for some seeds. 1000 samples keep KID's estimate well clear of 0."""
     from aigc_cli.build import build_data, build_model
     from aigc_cli.config import OptimConfig
-    from aigc_cli.metrics import quality
     from aigc_cli.metrics.quality import MetricsConfig, SampleQuality
 
     torch.manual_seed(0)
@@ -263,9 +263,9 @@ def test_sample_metrics_rank_real_above_degraded_above_noise(make_cfg, monkeypat
         stage.loss.backward()
         opt.step()
     clf.eval()
-    monkeypatch.setattr(quality, "load_classifier", lambda *a: (clf, "test classifier"))
     cfg = MetricsConfig(num_samples=1000, batch_size=250, kid_subset_size=200, kid_subsets=50)
-    q = SampleQuality(cfg, ["fid", "kid", "pr", "coverage"], data, "shapes", torch.device("cpu"))
+    cpu, classifier = torch.device("cpu"), (clf, "test classifier")
+    q = SampleQuality(cfg, ["fid", "kid", "pr", "coverage"], data, cpu, classifier)
     unseen = data.train[0][-1000:].float() / 255  # real images, not the test split's
     noise = torch.rand_like(unseen)
     half = torch.cat([unseen[:500], noise[500:]])[torch.randperm(1000)]
@@ -279,7 +279,7 @@ def test_sample_metrics_rank_real_above_degraded_above_noise(make_cfg, monkeypat
     assert 0 < scores[0]["class_coverage"] <= 1
 
     # coverage alone needs the classifier's labels, not features: nothing is embedded
-    only = SampleQuality(cfg, ["coverage"], data, "shapes", torch.device("cpu"))
+    only = SampleQuality(cfg, ["coverage"], data, cpu, classifier)
     assert only.features is None
     covered = only(_StandIn(unseen))
     assert set(covered) == {"class_coverage", "class_confidence"}

@@ -51,8 +51,8 @@ def test_the_loop_uses_fused_adam_on_cpu_by_default(make_cfg, tmp_path):
     """What a default run gets: its optimizer state is saved with the fused flag set."""
     if "cpu" not in optim.fused_devices():
         pytest.skip("this torch has no fused Adam on CPU")
-    from aigc_cli.checkpoint import load_checkpoint
-    from aigc_cli.training import train
+    from aigc_cli.store.checkpoint import load_checkpoint
+    from aigc_cli.training.loop import train
 
     train(make_cfg("trainer.max_steps=2"), run_dir=tmp_path)
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")

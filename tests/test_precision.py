@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from aigc_cli import precision
 from aigc_cli.build import build_data, build_model
-from aigc_cli.checkpoint import load_checkpoint
-from aigc_cli.training import train
+from aigc_cli.store.checkpoint import load_checkpoint
+from aigc_cli.training import precision
+from aigc_cli.training.loop import train
 
 from .conftest import read_scalars
 

@@ -54,7 +54,7 @@ def test_aigc_list_does_not_import_torch(tmp_path):
     import sys
 
     code = (
-        "import sys; from aigc_cli.cli import main\n"
+        "import sys; from aigc_cli.cli.app import main\n"
         "try:\n    main(['list'])\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'aigc list imported torch'\n"
     )

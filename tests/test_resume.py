@@ -2,7 +2,7 @@
 
 import torch
 
-from aigc_cli.training import train
+from aigc_cli.training.loop import train
 
 from .conftest import read_scalars
 

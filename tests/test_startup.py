@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from aigc_cli import compose_once, startup
+from aigc_cli import startup
+from aigc_cli.cli import compose_once
 
 from .conftest import tiny_overrides
 
@@ -95,7 +96,7 @@ def test_a_config_that_asks_for_a_sweep_still_sweeps(run_main, tmp_path):
 
 def _record_collector(monkeypatch) -> dict:
     """The collector's state (enabled, frozen count) as setup starts and at the first step."""
-    import aigc_cli.training as training
+    import aigc_cli.training.loop as training
 
     seen = {}
     real_setup, real_step = training.setup, training.train_step

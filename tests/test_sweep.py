@@ -10,7 +10,7 @@ import json
 import pytest
 import yaml
 
-from aigc_cli.cli import describe_error
+from aigc_cli.cli.app import describe_error
 
 from .conftest import run_cli, tiny_overrides
 

@@ -14,7 +14,7 @@ from aigc_cli.data.text import (
 )
 from aigc_cli.errors import ConfigError, DataError
 from aigc_cli.models.transformer import Transformer, filter_logits
-from aigc_cli.training import train
+from aigc_cli.training.loop import train
 
 from .conftest import read_scalars, run_cli
 
@@ -103,11 +103,11 @@ def test_pydoc_corpus_is_builtin():
 def test_sample_starts_with_prompt_and_is_reproducible():
     model = _model(block=8)
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
-    a = model.sample(2, generator=g(), prompt="abc", max_new_tokens=30, top_k=3)
-    b = model.sample(2, generator=g(), prompt="abc", max_new_tokens=30, top_k=3)
+    a = model.sample(2, generator=g(), prompt="abc", max_new_tokens=30, top_k=3).texts
+    b = model.sample(2, generator=g(), prompt="abc", max_new_tokens=30, top_k=3).texts
     assert a == b and all(s.startswith("abc") and len(s) == 33 for s in a)  # past block_size
     streamed = []
-    c = model.sample(1, generator=g(), prompt="ab", max_new_tokens=10, stream=streamed.append)
+    c = model.sample(1, generator=g(), prompt="ab", max_new_tokens=10, stream=streamed.append).texts
     assert "".join(streamed) == c[0]
 
 
@@ -211,11 +211,11 @@ def test_transformer_on_images_learns_and_samples_grids(make_cfg, tmp_path):
     assert metrics["test/bits_per_pixel"] == pytest.approx(metrics["test/loss"] / math.log(2))
     assert (tmp_path / "run" / "samples" / "step_000040.png").is_file()
 
-    from aigc_cli.build import load_run
+    from aigc_cli.store.runs import load_run
 
     model, _ = load_run(tmp_path / "run" / "checkpoints" / "last.pt", torch.device("cpu"))
-    a = model.sample(3, generator=torch.Generator().manual_seed(1))
-    b = model.sample(3, generator=torch.Generator().manual_seed(1))
+    a = model.sample(3, generator=torch.Generator().manual_seed(1)).images
+    b = model.sample(3, generator=torch.Generator().manual_seed(1)).images
     assert a.shape == (3, 3, 32, 32) and torch.equal(a, b)
     assert set(torch.unique(a * 3).round().tolist()) <= {0.0, 1.0, 2.0, 3.0}  # 4 levels
 

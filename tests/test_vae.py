@@ -6,7 +6,7 @@ import torch
 from aigc_cli.config import OptimConfig
 from aigc_cli.data.base import DataSpec
 from aigc_cli.models.vae import VAE
-from aigc_cli.training import train
+from aigc_cli.training.loop import train
 
 from .conftest import read_scalars
 
@@ -19,7 +19,7 @@ def test_vae_shapes(shape):
     mu, logvar = model.encode(x)
     assert mu.shape == (5, 6) and logvar.shape == (5, 6)
     assert model.decode(mu).shape == (5, *shape)
-    assert model.sample(3).shape == (3, *shape)
+    assert model.sample(3).images.shape == (3, *shape)
     recon, kl = model.terms(x)
     assert recon.shape == (5,) and kl.shape == (5,)
     assert model.log_images((x, torch.zeros(5)))["reconstructions"].shape == (10, *shape)
@@ -31,7 +31,7 @@ def test_mlp_vae_shapes_and_size(shape):
     x = torch.rand(5, *shape)
     recon, kl = model.terms(x)
     assert recon.shape == (5,) and kl.shape == (5,)
-    assert model.sample(3).shape == (3, *shape)
+    assert model.sample(3).images.shape == (3, *shape)
     if shape == (1, 28, 28):  # 784-400-(2x20) / 20-400-784, the VAE paper's MNIST net
         n = sum(p.numel() for p in model.parameters())
         assert n == (784 * 400 + 400) + (400 * 40 + 40) + (20 * 400 + 400) + (400 * 784 + 784)
@@ -90,7 +90,8 @@ def test_vae_loss_falls_on_shapes(make_cfg, tmp_path):
 
 
 def test_iwae_bound_below_nelbo_and_tightens_with_k(make_cfg, tmp_path):
-    from aigc_cli.build import build_data, load_run
+    from aigc_cli.build import build_data
+    from aigc_cli.store.runs import load_run
 
     train(make_cfg("trainer.max_steps=30", "trainer.eval_every=0"), run_dir=tmp_path)
     model, ckpt = load_run(tmp_path / "checkpoints" / "last.pt")

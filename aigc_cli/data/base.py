@@ -11,6 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from aigc_cli.errors import ConfigError
+from aigc_cli.results import SampleResult
+
 Batch = tuple[Tensor, ...]
 
 
@@ -66,7 +69,7 @@ class DataModule:
     def eval_iter(self, batch_size: int, max_batches: int = 0) -> Iterator[Batch]:
         raise NotImplementedError
 
-    def sample_metrics(self, samples: Any) -> dict[str, float]:
+    def sample_metrics(self, samples: SampleResult) -> dict[str, float]:
         """Metrics computed from generated samples alone (e.g. mode coverage); none by default."""
         return {}
 
@@ -84,8 +87,6 @@ def has_sample_metrics(data: DataModule) -> bool:
 def check_batch_size(batch_size: int, n: int) -> None:
     """A batch must fit in the training split; said as a config error, before any step."""
     if batch_size > n:
-        from aigc_cli.errors import ConfigError
-
         raise ConfigError(
             f"bad value for 'trainer.batch_size': {batch_size} is larger than the "
             f"{n} training samples"

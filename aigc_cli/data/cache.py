@@ -14,6 +14,8 @@ from pathlib import Path
 
 from torch import Tensor
 
+from aigc_cli.atomic import write_bytes
+
 ENV = "AIGC_CACHE"
 
 
@@ -44,9 +46,7 @@ def cached(
         try:
             from safetensors.torch import save
 
-            from aigc_cli.checkpoint import atomic_write_bytes
-
-            atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
+            write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
         except Exception:  # a read-only home or a full disk: the cache is only a speed-up
             pass
     return tensors

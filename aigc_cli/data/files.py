@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from aigc_cli.config import check
+from aigc_cli.console import console
 from aigc_cli.data.base import (
     Batch,
     BatchIterator,
@@ -30,7 +31,6 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 
 
 def warn(message: str) -> None:
-    from aigc_cli.console import console
 
     console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
 
@@ -352,7 +352,6 @@ def native_shape(paths: list[str], size: str, channels: str) -> tuple[int, int]:
     if want_channels:
         why = "every image is grey" if grey else "not every image is grey"
         notes.append(f"channels={out_channels} ({why})")
-    from aigc_cli.console import console
 
     console.print(f"image_folder: {', '.join(notes)}", soft_wrap=True)
     return out_size, out_channels

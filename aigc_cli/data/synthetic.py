@@ -10,7 +10,9 @@ from torch import Tensor
 
 from aigc_cli.config import check
 from aigc_cli.data.base import DataSpec, TensorData
+from aigc_cli.data.cache import cached
 from aigc_cli.registry import DATASETS
+from aigc_cli.results import Points, SampleResult
 
 SHAPE_NAMES = ["circle", "square", "triangle"]
 SHAPES_VERSION = 1  # bump when render_shapes draws differently: cached renders are then stale
@@ -77,8 +79,6 @@ def shapes(cfg: ShapesConfig) -> TensorData:
     check(0 < cfg.min_size <= cfg.max_size <= 1, "dataset.min_size", "need 0 < min <= max <= 1")
     from dataclasses import asdict
 
-    from aigc_cli.data.cache import cached
-
     def render() -> dict[str, Tensor]:
         g = torch.Generator().manual_seed(cfg.seed)
         (x, y), (tx, ty) = (
@@ -115,8 +115,9 @@ class GaussianMixture(TensorData):
         super().__init__(spec, train, test)
         self.centres, self.std = centres, std
 
-    def sample_metrics(self, samples: Tensor) -> dict[str, float]:
-        return mode_metrics(samples, self.centres, self.std)
+    def sample_metrics(self, samples: SampleResult) -> dict[str, float]:
+        assert isinstance(samples, Points), "point data gets point samples"
+        return mode_metrics(samples.points, self.centres, self.std)
 
 
 def mode_metrics(samples: Tensor, centres: Tensor, std: float) -> dict[str, float]:

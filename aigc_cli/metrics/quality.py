@@ -4,20 +4,18 @@ standard FID Inception network when its weights file is given."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 
 from aigc_cli.config import check, validate
-from aigc_cli.data.base import DataModule, DataSpec
+from aigc_cli.data.base import DataModule
 from aigc_cli.errors import ConfigError
 from aigc_cli.metrics import stats
+from aigc_cli.metrics.inception import load_inception
 
 # metric group (what a user names) → the keys it adds to the results
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -71,62 +69,11 @@ class FeatureNet:
     description: str  # how the features were computed, for the metrics' notes
 
 
-def _run_dir(ckpt: Path) -> Path:
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-
-
-def find_classifier(dataset_name: str, spec: DataSpec, root: Path | None = None) -> Path:
-    """The newest classifier run under `root` trained on `dataset_name` images of `spec`'s
-    shape. Runs are picked by their config.yaml, so only candidates' checkpoints are opened."""
-    from aigc_cli.build import find_runs
-    from aigc_cli.checkpoint import load_checkpoint
-    from aigc_cli.paths import outputs_root
-
-    root = Path(root) if root is not None else outputs_root()
-    for run in reversed(find_runs(root)):
-        try:
-            cfg = OmegaConf.load(run / "config.yaml")
-            if cfg.model.name != "classifier" or cfg.dataset.name != dataset_name:
-                continue
-            ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
-        except Exception:
-            continue  # another tool's folder, a broken run: not a candidate
-        if list(ckpt["dataset"]["spec"]["shape"]) == list(spec.shape):
-            return run / "checkpoints" / "last.pt"
-    shape = "x".join(map(str, spec.shape))
-    raise ConfigError(
-        f"no classifier run for dataset '{dataset_name}' ({shape} images) under "
-        f"{root.resolve()}; fid/kid/pr/coverage are computed on its features",
-        hint=f"train one: aigc train model=classifier dataset={dataset_name} (with the same "
-        "dataset options), or pass classifier=<run dir> or inception_weights=<file>",
-    )
-
-
-def load_classifier(
-    where: str | Path | None, dataset_name: str, spec: DataSpec, device: torch.device
-) -> tuple[Any, str]:
-    """The classifier model, and a description of it for the metrics' notes."""
-    from aigc_cli.build import load_run, resolve_checkpoint
-
-    path = resolve_checkpoint(where) if where else find_classifier(dataset_name, spec)
-    model, ckpt = load_run(path, device, use_ema=True)
-    if ckpt["model"]["name"] != "classifier":
-        raise ConfigError(
-            f"{path} is a run of model '{ckpt['model']['name']}', not a classifier",
-            hint=f"pass the run dir of `aigc train model=classifier dataset={dataset_name}`",
-        )
-    if list(model.spec.shape) != list(spec.shape):
-        raise ConfigError(
-            f"the classifier {path} was trained on {model.spec.shape} images, "
-            f"these are {spec.shape}",
-            hint="train a classifier with the same dataset options",
-        )
-    accuracy = ""
-    metrics_file = _run_dir(path) / "metrics.json"
-    if metrics_file.is_file():
-        acc = json.loads(metrics_file.read_text()).get("test/accuracy")
-        accuracy = f", test accuracy {acc:.4f}" if isinstance(acc, float) else ""
-    return model, f"aigc classifier {path} (step {ckpt['step']}{accuracy})"
+def needs_classifier(cfg: MetricsConfig, names: list[str]) -> bool:
+    """fid, kid and pr embed with the classifier unless Inception weights are given; coverage
+    always reads its labels."""
+    need_features = any(n in names for n in ("fid", "kid", "pr"))
+    return "coverage" in names or (need_features and not cfg.inception_weights)
 
 
 class SampleQuality:
@@ -135,9 +82,11 @@ class SampleQuality:
     generated side."""
 
     def __init__(
-        self, cfg: MetricsConfig, names: list[str], data: DataModule, dataset_name: str,
-        device: torch.device,
+        self, cfg: MetricsConfig, names: list[str], data: DataModule, device: torch.device,
+        classifier: tuple[Any, str] | None = None,
     ) -> None:  # fmt: skip
+        """`classifier`: the classifier model and its description, when `needs_classifier`
+        (the caller finds and loads it: store/runs.py's load_classifier)."""
         spec = data.spec
         if spec.kind != "image":
             raise ConfigError(
@@ -155,14 +104,14 @@ class SampleQuality:
         # a coverage-only run embeds nothing.
         need_features = any(n in names for n in ("fid", "kid", "pr"))
         features = None
-        if "coverage" in names or (need_features and not cfg.inception_weights):
-            clf, about = load_classifier(cfg.classifier, dataset_name, spec, device)
+        if needs_classifier(cfg, names):
+            if classifier is None:
+                raise ValueError("SampleQuality needs the classifier for these metrics")
+            clf, about = classifier
             self.classifier = clf
             if need_features:
                 features = FeatureNet(clf.features, f"features of the {about}")
         if need_features and cfg.inception_weights:
-            from aigc_cli.metrics.inception import load_inception
-
             net = load_inception(cfg.inception_weights).to(device)
             kind = (
                 "the standard FID Inception-v3 (pool3, 2048-d)"
@@ -200,20 +149,17 @@ class SampleQuality:
         g = torch.Generator().manual_seed(seed)
         feats, probs = [], []
         for start in range(0, n, self.cfg.batch_size):
-            images = model.sample(min(self.cfg.batch_size, n - start), generator=g,
+            result = model.sample(min(self.cfg.batch_size, n - start), generator=g,
                                   **sample_options)  # fmt: skip
-            images = images.to(self.device).float()
+            images = result.images.to(self.device).float()
             if self.features is not None:
                 feats.append(self._embed(images))
             if self.classifier is not None and "coverage" in self.names:
                 probs.append(self.classifier.logits(images).softmax(1).cpu())
         out: dict[str, float] = {}
-        if hasattr(model, "last_nfe"):
-            out["nfe"] = float(model.last_nfe)
-            about = model.describe_sampler(
-                sample_options.get("sampler"), sample_options.get("steps")
-            )
-            self.sampler = f"{about}, {model.last_nfe} network evaluations per sample"
+        if result.nfe is not None:
+            out["nfe"] = float(result.nfe)
+            self.sampler = f"{result.sampler}, {result.nfe} network evaluations per sample"
         if "fid" in self.names:
             out["fid"] = stats.fid(real, torch.cat(feats))
         if "kid" in self.names:

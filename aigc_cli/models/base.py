@@ -1,10 +1,19 @@
 """The interface every model family implements. Models own their math (losses, optimizer
-groups, sampling); the training loop owns the mechanics (backward, AMP, clipping, stepping)."""
+groups, sampling); the training loop owns the mechanics (backward, AMP, clipping, stepping,
+and logging each stage's loss).
+
+    TrainedModel          what the loop trains: Config, data_kinds, training_step, evaluate
+      GenerativeModel     ... and sample() -> a typed SampleResult (results/)
+    capabilities, declared by inheriting them (command code asks isinstance, never hasattr):
+      HasSamplers         a choice of samplers, steps and guidance (diffusion, flow)
+      Interpolates        a latent space to walk (VAE, GAN)
+
+A model the loop cannot use fails `check_interface` with one line naming what it lacks."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from typing import Any
 
 import torch
@@ -16,6 +25,7 @@ from aigc_cli.data.base import Batch, BatchIterator, DataModule, DataSpec
 from aigc_cli.errors import ConfigError
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
+from aigc_cli.results import Images, Points, SampleResult
 
 
 @dataclass
@@ -42,15 +52,22 @@ class OnnxGraph:
     about: str = ""  # what the inputs and outputs mean, for the model card
 
 
-class GenerativeModel(nn.Module):
+class TrainedModel(nn.Module):
+    """What the training loop trains. A family that generates nothing (the classifier, the
+    feature network of sample-quality metrics) is one of these and no more."""
+
     Config: type  # each family defines a dataclass of every hyperparameter
 
     #: DataSpec kinds the family can train on
     data_kinds: tuple[str, ...] = ("image",)
-    #: False for helper models (the classifier): the loop logs no samples for them
-    generates: bool = True
+    #: whether it draws samples (a GenerativeModel); the loop logs samples only for those
+    generates: bool = False
     #: children the EMA averages (empty = all); the others track the live weights
     ema_networks: tuple[str, ...] = ()
+    #: config fields naming another run whose model becomes a frozen child: field → child.
+    #: The builder loads the run and records its config as `<field>_config`; a model never
+    #: reads a run folder itself.
+    part_runs: dict[str, str] = {}  # noqa: RUF012
 
     def __init__(self, cfg: Any, data: DataSpec) -> None:
         super().__init__()
@@ -68,7 +85,8 @@ class GenerativeModel(nn.Module):
 
     def training_step(self, batch: Batch, step: int, noise: Noise = LOCAL) -> Iterator[Stage]:
         """The stages of one step. Per-sample random draws go through `noise`, which the loop
-        hands over so that every sample gets the same noise however many ranks share the batch."""
+        hands over so that every sample gets the same noise however many ranks share the batch.
+        The loop logs each stage's loss as <opt_name>/loss; `scalars` are anything else."""
         raise NotImplementedError
 
     def train_batches(self, data: DataModule, batch_size: int, seed: int) -> BatchIterator:
@@ -106,9 +124,25 @@ class GenerativeModel(nn.Module):
         """How each metric was computed, for metrics.json / eval.json."""
         return {}
 
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+class GenerativeModel(TrainedModel):
+    """A model that draws samples: images, points or texts, as a typed result."""
+
+    generates = True
+
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None, **kw: Any) -> Any:
-        """`n` images in [0, 1] as (n, C, H, W), points as (n, D), or a list of texts."""
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None, **kw: Any
+    ) -> SampleResult:
+        """`n` samples as a result of their kind (Images, Points, Texts), with how they were
+        drawn. Nothing is left on the module."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -116,9 +150,83 @@ class GenerativeModel(nn.Module):
         """Extra image grids to log at each sample interval (e.g. reconstructions)."""
         return {}
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+    def as_result(
+        self, x: Tensor, nrow: int = 0, sampler: str = "", nfe: int | None = None
+    ) -> Images | Points:
+        """Generated images (N, C, H, W) or points (N, D) as the data's kind of result."""
+        if self.spec.kind == "points":
+            extent = float(self.spec.extra.get("extent", 0.0))
+            return Points(points=x, extent=extent, sampler=sampler, nfe=nfe)
+        return Images(images=x, nrow=nrow, sampler=sampler, nfe=nfe)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
+
+@dataclass
+class SamplerOptions:
+    """The sampler options of `aigc sample`, `aigc eval` (and the server): null = the model's."""
+
+    sampler: str | None = None  # diffusion: ddim | ddpm; flow: euler | heun; null = the model's
+    steps: int | None = None  # sampler steps; null = the model's
+    guidance: float | None = None  # classifier-free guidance scale (conditional models)
+    eta: float | None = None  # DDIM noise; null = the model's
+
+
+class HasSamplers:
+    """Capability: a choice of samplers. `sample()` takes these keyword options (`sampler`,
+    `steps`, `guidance`, and whatever `sampler_options` adds)."""
+
+    samplers: tuple[str, ...] = ()
+    sampler_options: tuple[str, ...] = ("sampler", "steps", "guidance")
+
+    def describe_sampler(self, sampler: str | None = None, steps: int | None = None) -> str:
+        """The sampler these options pick, in words ("ddim, 50 steps")."""
+        raise NotImplementedError
+
+
+class Interpolates:
+    """Capability: a latent space; `interpolate` draws rows of walks between random points."""
+
+    def interpolate(
+        self, n: int, *, generator: torch.Generator | None = None, steps: int = 8
+    ) -> Images:
+        raise NotImplementedError
+
+
+def class_rows(
+    num_classes: int, n: int, classes: list[int] | None, device: torch.device
+) -> tuple[int, Tensor | None, int]:
+    """Labels for about `n` samples of a class-conditional model: one grid row per class (of
+    `classes`, default all), n // len(classes) each. Returns (count, labels, row length);
+    an unconditional model gets (n, None, 0)."""
+    if not num_classes:
+        return n, None, 0
+    wanted = list(range(num_classes)) if classes is None else list(classes)
+    bad = [c for c in wanted if not 0 <= int(c) < num_classes]
+    if bad or not wanted:
+        raise ConfigError(
+            f"bad value for 'classes': {bad or wanted}; choose class indices in [0, {num_classes})"
+        )
+    per = max(1, n // len(wanted))
+    return per * len(wanted), torch.tensor(wanted).repeat_interleave(per).to(device), per
+
+
+def check_interface(model: TrainedModel) -> None:
+    """One line for a family that misses a part of the interface the loop relies on."""
+    name = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
+    needs = [("training_step", TrainedModel), ("evaluate", TrainedModel)]
+    if model.generates:
+        needs.append(("sample", GenerativeModel))
+    if isinstance(model, HasSamplers):
+        needs.append(("describe_sampler", HasSamplers))
+    if isinstance(model, Interpolates):
+        needs.append(("interpolate", Interpolates))
+    missing = [m for m, base in needs if getattr(type(model), m) is getattr(base, m)]
+    if missing:
+        raise ConfigError(
+            f"model '{name}' does not implement {', '.join(missing)}",
+            hint="see docs/contributing.md: the model interface (aigc_cli/models/base.py)",
+        )
+    if not is_dataclass(getattr(model, "Config", None)):
+        raise ConfigError(
+            f"model '{name}' has no Config dataclass",
+            hint="see docs/contributing.md: the model interface (aigc_cli/models/base.py)",
+        )

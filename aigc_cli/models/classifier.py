@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from aigc_cli.config import check
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.errors import ConfigError
-from aigc_cli.models.base import GenerativeModel, OnnxGraph, Stage
+from aigc_cli.models.base import OnnxGraph, Stage, TrainedModel
 from aigc_cli.models.nets import conv_levels, level_channels
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.registry import MODELS
@@ -34,10 +34,8 @@ def _block(cin: int, cout: int, stride: int) -> list[nn.Module]:
 
 
 @MODELS.register("classifier")
-class Classifier(GenerativeModel):
+class Classifier(TrainedModel):
     """Image classifier (no samples): the feature network for FID/KID/PR and class coverage."""
-
-    generates = False
 
     @dataclass
     class Config:
@@ -108,13 +106,6 @@ class Classifier(GenerativeModel):
             "nll": "cross-entropy of the true class, nats per image",
             "accuracy": "share of test images whose most probable class is the true one",
         }
-
-    def sample(self, n: int, *, generator: torch.Generator | None = None, **kw: Any) -> Any:
-        raise ConfigError(
-            "model 'classifier' does not generate samples",
-            hint="it is the feature network of `aigc eval metrics=[fid,kid,pr,coverage]`; "
-            "sample a run of a generative model",
-        )
 
 
 class _LogitsAndFeatures(nn.Module):

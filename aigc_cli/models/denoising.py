@@ -5,18 +5,20 @@ between noise and data, its loss and its samplers."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from aigc_cli.config import check
+from aigc_cli.config import check, validate
 from aigc_cli.data.base import Batch, BatchIterator, DataModule, DataSpec, TensorData
 from aigc_cli.errors import ConfigError
-from aigc_cli.models.base import GenerativeModel, OnnxGraph
+from aigc_cli.models.base import GenerativeModel, HasSamplers, OnnxGraph, class_rows
 from aigc_cli.models.nets import PointDenoiser, UNet
+from aigc_cli.models.vae import VAE, decoder_graph
 from aigc_cli.noise import LOCAL, Noise
+from aigc_cli.optim import make_optimizer
 
 QUARTERS = 4  # test losses are reported per quarter of the time range, one draw in each
 
@@ -39,8 +41,9 @@ class DenoiserConfig:
     autoencoder_config: dict[str, Any] | None = None
 
 
-class DenoisingModel(GenerativeModel):
+class DenoisingModel(GenerativeModel, HasSamplers):
     data_kinds = ("image", "points")
+    part_runs = {"autoencoder": "vae"}  # noqa: RUF012  (latent diffusion: the VAE run it names)
     samplers: tuple[str, ...] = ()
 
     def __init__(self, cfg: Any, data: DataSpec) -> None:
@@ -69,10 +72,8 @@ class DenoisingModel(GenerativeModel):
             c, h, w = data.shape
             check(h == w, "dataset.image_size", f"{h}x{w}: the UNet needs square images")
             self.net = UNet(c, h, cfg.base_channels, cfg.dropout, self.num_classes, cfg.attention)
-        self.grid_nrow = 0
 
     def optimizers(self, optim: Any) -> dict[str, Any]:
-        from aigc_cli.optim import make_optimizer
 
         return {"model": make_optimizer(self.net.parameters(), optim)}
 
@@ -136,15 +137,9 @@ class DenoisingModel(GenerativeModel):
         """Network evaluations per denoising call (guidance needs two, batched together)."""
         return 2 if y is not None and guidance not in (0.0, 1.0) else 1
 
-    def sample_labels(self, n: int, classes: list[int] | None) -> tuple[int, Tensor | None]:
+    def sample_labels(self, n: int, classes: list[int] | None) -> tuple[int, Tensor | None, int]:
         """Labels for `n` samples: one grid row per class (of `classes`, default all)."""
-        if not self.num_classes:
-            self.grid_nrow = 0
-            return n, None
-        wanted = list(range(self.num_classes)) if classes is None else list(classes)
-        per = max(1, n // len(wanted))
-        self.grid_nrow = per
-        return per * len(wanted), torch.tensor(wanted).repeat_interleave(per).to(self.device)
+        return class_rows(self.num_classes, n, classes, self.device)
 
     def sampling_options(self, sampler: str | None, steps: int | None, guidance: float | None,
                          conditional: bool) -> tuple[str, int, float]:  # fmt: skip
@@ -180,7 +175,6 @@ class DenoisingModel(GenerativeModel):
     def onnx_graphs(self) -> list[OnnxGraph]:
         """The network (x_t, t, y → its prediction); the sampler's loop stays outside, so any
         step count or sampler runs on it. Latent diffusion adds the VAE's decoder graph."""
-        from aigc_cli.models.vae import decoder_graph
 
         shape, k = list(self.latent_shape), self.num_classes
 
@@ -205,25 +199,28 @@ class DenoisingModel(GenerativeModel):
 
 
 def frozen_autoencoder(cfg: Any, data: DataSpec) -> Any:
-    """The VAE of latent diffusion, frozen. Built from `autoencoder_config` when the model is
-    rebuilt from a checkpoint (its weights are in the checkpoint); loaded from the user's
-    `autoencoder` run when a run starts, recording its config for the checkpoint."""
-    from aigc_cli.build import build_model, load_run, resolve_checkpoint
+    """The VAE of latent diffusion, frozen, built from `autoencoder_config`. The model never
+    reads a run itself: when a run starts, the builder loads the `autoencoder` run, records its
+    config here and its weights into the VAE (`part_runs`); a checkpoint carries both."""
 
     if data.kind != "image":
         raise ConfigError("latent diffusion (model.autoencoder) needs image data")
-    if cfg.autoencoder_config:
-        spec = DataSpec.from_dict(cfg.autoencoder_config["spec"])
-        vae = build_model(cfg.autoencoder_config["model"], spec)
-    else:
-        vae, _ = load_run(resolve_checkpoint(cfg.autoencoder))
-        if vae.cfg.name != "vae":
-            raise ConfigError(
-                f"bad value for 'model.autoencoder': {cfg.autoencoder} is a run of model "
-                f"'{vae.cfg.name}', not a VAE",
-                hint="train one with `aigc train model=vae` on the same dataset",
-            )
-        cfg.autoencoder_config = {"model": asdict(vae.cfg), "spec": vae.spec.to_dict()}
+    if not cfg.autoencoder_config:
+        raise ConfigError(
+            "latent diffusion needs its autoencoder run loaded by the builder",
+            hint="build the model with store.runs.build_with_parts, or pass model.autoencoder",
+        )
+    name = cfg.autoencoder_config["model"].get("name")
+    if name != "vae":
+        raise ConfigError(
+            f"bad value for 'model.autoencoder': {cfg.autoencoder} is a run of model "
+            f"'{name}', not a VAE",
+            hint="train one with `aigc train model=vae` on the same dataset",
+        )
+    spec = DataSpec.from_dict(cfg.autoencoder_config["spec"])
+    vae = VAE(
+        validate("model.autoencoder_config", VAE.Config, cfg.autoencoder_config["model"]), spec
+    )
     if list(vae.spec.shape) != list(data.shape):
         raise ConfigError(
             f"bad value for 'model.autoencoder': the VAE was trained on {vae.spec.shape} data, "

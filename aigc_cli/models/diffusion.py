@@ -20,6 +20,7 @@ from aigc_cli.models.base import Stage
 from aigc_cli.models.denoising import QUARTERS, DenoiserConfig, DenoisingModel
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.registry import MODELS
+from aigc_cli.results import SampleResult
 
 PREDICTIONS = ("eps", "v", "x0")
 
@@ -88,6 +89,7 @@ class Diffusion(DenoisingModel):
     """DDPM / DDIM on images (UNet) or 2-D points (MLP); eps, v or x0 prediction."""
 
     samplers = ("ddim", "ddpm")
+    sampler_options = ("sampler", "steps", "guidance", "eta")
 
     @dataclass
     class Config(DenoiserConfig):
@@ -231,8 +233,8 @@ class Diffusion(DenoisingModel):
     def sample(self, n: int, *, generator: torch.Generator | None = None,
                sampler: str | None = None, steps: int | None = None,
                guidance: float | None = None, eta: float | None = None,
-               classes: list[int] | None = None, **kw: Any) -> Tensor:  # fmt: skip
-        n, y = self.sample_labels(n, classes)
+               classes: list[int] | None = None, **kw: Any) -> SampleResult:  # fmt: skip
+        n, y, nrow = self.sample_labels(n, classes)
         sampler, steps, guidance = self.sampling_options(sampler, steps, guidance, y is not None)
         if sampler == "ddpm":
             steps = self.sched.T
@@ -243,8 +245,9 @@ class Diffusion(DenoisingModel):
         for i, t in enumerate(times):
             prev = times[i + 1] if i + 1 < len(times) else -1
             x = self.denoise_step(x, t, prev, y, guidance, eta, sampler, generator)
-        self.last_nfe = steps * self.evals_per_call(y, guidance)
-        return self.from_model(x.float())
+        nfe = steps * self.evals_per_call(y, guidance)
+        about = self.describe_sampler(sampler, steps)
+        return self.as_result(self.from_model(x.float()), nrow, about, nfe)
 
     def denoise_step(
         self, x: Tensor, t: int, prev: int, y: Tensor | None, guidance: float, eta: float,

@@ -18,6 +18,7 @@ from aigc_cli.models.base import Stage
 from aigc_cli.models.denoising import QUARTERS, DenoiserConfig, DenoisingModel
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.registry import MODELS
+from aigc_cli.results import SampleResult
 
 TIME_SCALE = 1000.0  # t in [0, 1] is embedded as t * 1000, the range diffusion's embedding sees
 
@@ -83,16 +84,16 @@ class Flow(DenoisingModel):
     def sample(self, n: int, *, generator: torch.Generator | None = None,
                sampler: str | None = None, steps: int | None = None,
                guidance: float | None = None, classes: list[int] | None = None,
-               **kw: Any) -> Tensor:  # fmt: skip
-        n, y = self.sample_labels(n, classes)
+               **kw: Any) -> SampleResult:  # fmt: skip
+        n, y, nrow = self.sample_labels(n, classes)
         sampler, steps, guidance = self.sampling_options(sampler, steps, guidance, y is not None)
         x = self.initial_noise(n, generator)
         ts = torch.linspace(0, 1, steps + 1).tolist()
         for t0, t1 in itertools.pairwise(ts):
             x = integrate_step(self.velocity, x, t0, t1, y, guidance, sampler)
         per_step = 2 if sampler == "heun" else 1
-        self.last_nfe = steps * per_step * self.evals_per_call(y, guidance)
-        return self.from_model(x)
+        nfe = steps * per_step * self.evals_per_call(y, guidance)
+        return self.as_result(self.from_model(x), nrow, self.describe_sampler(sampler, steps), nfe)
 
     def describe_sampler(self, sampler: str | None = None, steps: int | None = None) -> str:
         return f"{sampler or self.cfg.sampler}, {int(steps or self.cfg.steps)} steps"

@@ -18,11 +18,13 @@ from torch.optim import Optimizer
 
 from aigc_cli.config import OptimConfig, check
 from aigc_cli.data.base import Batch, DataSpec
-from aigc_cli.models.base import GenerativeModel, OnnxGraph, Stage
+from aigc_cli.models.base import GenerativeModel, Interpolates, OnnxGraph, Stage, class_rows
+from aigc_cli.models.latent import slerp_rows
 from aigc_cli.models.nets import conv_levels, level_channels, mlp
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
 from aigc_cli.registry import MODELS
+from aigc_cli.results import Images
 
 LOSSES = ("non_saturating", "hinge", "wgan_gp")
 
@@ -148,7 +150,7 @@ def pack_samples(x: Tensor, pack: int) -> Tensor:
 
 
 @MODELS.register("gan")
-class GAN(GenerativeModel):
+class GAN(GenerativeModel, Interpolates):
     """DCGAN / MLP GAN: non-saturating, hinge or WGAN-GP loss; EMA, conditional, spectral norm."""
 
     data_kinds = ("image", "points")
@@ -216,7 +218,6 @@ class GAN(GenerativeModel):
             feats, feat_dim = d_feats, d_feats.out_dim
         self.generator = Generator(g_body, cfg.latent_dim, classes)
         self.discriminator = Discriminator(feats, feat_dim, classes, cfg.spectral_norm, cfg.pack)
-        self.grid_nrow = 0  # set by sample(): one row per class when conditional
 
     # ---- data scaling: images live in [0, 1] outside, [-1, 1] inside (tanh output) --------
     def _to_model(self, x: Tensor) -> Tensor:
@@ -308,19 +309,12 @@ class GAN(GenerativeModel):
         generator: torch.Generator | None = None,
         classes: list[int] | None = None,
         **kw: Any,
-    ) -> Tensor:
+    ) -> Images:
         """`n` samples; a conditional GAN gives one grid row per class (of `classes`, default
         all), n // len(classes) samples each."""
-        y = None
-        if self.num_classes:
-            wanted = list(range(self.num_classes)) if classes is None else list(classes)
-            per = max(1, n // len(wanted))
-            y = torch.tensor(wanted).repeat_interleave(per).to(self.device)
-            n, self.grid_nrow = per * len(wanted), per
-        else:
-            self.grid_nrow = 0
+        n, y, nrow = class_rows(self.num_classes, n, classes, self.device)
         z = torch.randn(n, self.cfg.latent_dim, generator=generator).to(self.device)
-        return self._from_model(self.generator(z, y).float())
+        return self.as_result(self._from_model(self.generator(z, y).float()), nrow)
 
     def onnx_graphs(self) -> list[OnnxGraph]:
         dim, k = self.cfg.latent_dim, self.num_classes
@@ -338,9 +332,8 @@ class GAN(GenerativeModel):
     @torch.no_grad()
     def interpolate(
         self, n: int, *, generator: torch.Generator | None = None, steps: int = 8
-    ) -> tuple[Tensor, int]:
+    ) -> Images:
         """Rows of spherical interpolations between random latent pairs."""
-        from aigc_cli.models.latent import slerp_rows
 
         rows = max(1, math.ceil(n / steps))
         z = slerp_rows(rows, steps, self.cfg.latent_dim, generator).to(self.device)
@@ -348,7 +341,7 @@ class GAN(GenerativeModel):
         if self.num_classes:
             y = torch.randint(0, self.num_classes, (rows,), generator=generator)
             y = y.repeat_interleave(steps).to(self.device)
-        return self._from_model(self.generator(z, y).float()), steps
+        return self.as_result(self._from_model(self.generator(z, y).float()), steps)
 
 
 class _Generate(nn.Module):

@@ -25,6 +25,7 @@ from aigc_cli.models.pixels import PixelCodec
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
 from aigc_cli.registry import MODELS
+from aigc_cli.results import Images, Texts
 
 KVCache = list[dict[str, Tensor]]  # one {"k", "v"} per layer, each (B, heads, T_past, head_dim)
 
@@ -301,9 +302,10 @@ class Transformer(GenerativeModel):
         top_p: float = 1.0,
         stream: Callable[[str], None] | None = None,
         **kw: Any,
-    ) -> list[str] | Tensor:
+    ) -> Texts | Images:
         """Text: `n` continuations of `prompt` (each starts with it); `stream` receives the first
         one's text as it is generated. Images: `n` images (n, C, H, W) in [0, 1]."""
+        check(max_new_tokens >= 0, "max_new_tokens", f"{max_new_tokens} must be >= 0")
         if generator is None:
             generator = torch.Generator().manual_seed(torch.seed() % 2**62)
         # Draw on the model's device from a generator seeded by the caller's, so a seed gives
@@ -315,7 +317,7 @@ class Transformer(GenerativeModel):
         if self.pixels is not None:
             ids = torch.full((n, 1), self.pixels.vocab_size, device=self.device)
             ids = self._generate(ids, self.pixels.seq_len, dev_gen, **filtering)
-            return self.pixels.decode(ids[:, 1:])
+            return Images(images=self.pixels.decode(ids[:, 1:]))
 
         assert self.tokenizer is not None
         tokenizer = self.tokenizer
@@ -338,7 +340,7 @@ class Transformer(GenerativeModel):
         if stream and pending:
             stream(tokenizer.decode(pending))
         skip = 0 if prompt else len(start)  # the newline we started from is not output
-        return [tokenizer.decode(row[skip:]) for row in ids.tolist()]
+        return Texts(texts=[tokenizer.decode(row[skip:]) for row in ids.tolist()])
 
     def _generate(
         self,

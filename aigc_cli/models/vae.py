@@ -14,14 +14,16 @@ from torch import Tensor, nn
 
 from aigc_cli.config import check
 from aigc_cli.data.base import Batch, DataSpec
-from aigc_cli.models.base import GenerativeModel, OnnxGraph, Stage
+from aigc_cli.models.base import GenerativeModel, Interpolates, OnnxGraph, Stage
+from aigc_cli.models.latent import slerp_rows
 from aigc_cli.models.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.registry import MODELS
+from aigc_cli.results import Images
 
 
 @MODELS.register("vae")
-class VAE(GenerativeModel):
+class VAE(GenerativeModel, Interpolates):
     """VAE (conv or MLP nets): Gaussian or Bernoulli likelihood, beta-weighted KL."""
 
     @dataclass
@@ -183,9 +185,9 @@ class VAE(GenerativeModel):
         return notes
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None, **kw: object) -> Tensor:
+    def sample(self, n: int, *, generator: torch.Generator | None = None, **kw: object) -> Images:
         z = torch.randn(n, self.cfg.latent_dim, generator=generator).to(self.device)
-        return self.mean_image(z).clamp(0, 1)
+        return Images(images=self.mean_image(z).clamp(0, 1))
 
     def onnx_graphs(self) -> list[OnnxGraph]:
         return [decoder_graph(self)]
@@ -193,12 +195,11 @@ class VAE(GenerativeModel):
     @torch.no_grad()
     def interpolate(
         self, n: int, *, generator: torch.Generator | None = None, steps: int = 8
-    ) -> tuple[Tensor, int]:
+    ) -> Images:
         """Rows of spherical interpolations between random latents from the prior."""
-        from aigc_cli.models.latent import slerp_rows
 
         z = slerp_rows(max(1, math.ceil(n / steps)), steps, self.cfg.latent_dim, generator)
-        return self.mean_image(z.to(self.device)).clamp(0, 1), steps
+        return Images(images=self.mean_image(z.to(self.device)).clamp(0, 1), nrow=steps)
 
     @torch.no_grad()
     def log_images(self, batch: Batch) -> dict[str, Tensor]:

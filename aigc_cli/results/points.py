@@ -1,9 +1,41 @@
-"""Scatter plots of 2-D points drawn straight into an image tensor (no plotting library)."""
+"""Points: (N, D) samples of a 2-D distribution, written as a scatter plot (PNG) over the real
+points, drawn straight into an image tensor (no plotting library)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 from torch import Tensor
+
+from aigc_cli.results.base import Board, SampleResult
+from aigc_cli.results.images import save_grid
+
+
+@dataclass(kw_only=True)
+class Points(SampleResult):
+    points: Tensor  # (N, D)
+    extent: float = 0.0  # the plot's axes are [-extent, extent]²; 0 = from the points
+    real: Tensor | None = None  # real points drawn grey beneath, for comparison
+
+    suffix = ".png"
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+    def plot(self) -> Tensor:
+        real = self.real if self.real is not None else self.points[:0]
+        return scatter_image(real, self.points, self.extent)
+
+    def write(self, stem: Path) -> Path:
+        path = Path(f"{stem}{self.suffix}")
+        save_grid(self.plot().unsqueeze(0), path, nrow=1)
+        return path
+
+    def log(self, board: Board, tag: str, step: int) -> None:
+        super().log(board, tag, step)
+        board.image(tag, self.plot(), step)
 
 
 def scatter_image(real: Tensor, fake: Tensor, extent: float = 0.0, size: int = 256) -> Tensor:

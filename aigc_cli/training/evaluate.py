@@ -10,7 +10,7 @@ import torch
 
 from aigc_cli import distributed
 from aigc_cli.data.base import DataModule
-from aigc_cli.models.base import GenerativeModel
+from aigc_cli.models.base import TrainedModel
 
 
 @contextlib.contextmanager
@@ -24,7 +24,7 @@ def isolated_rng(device: torch.device) -> Iterator[None]:
 
 @torch.no_grad()
 def evaluate(
-    model: GenerativeModel,
+    model: TrainedModel,
     data: DataModule,
     *,
     batch_size: int = 256,
@@ -67,8 +67,8 @@ def evaluate(
                 g = torch.Generator().manual_seed(seed)
                 samples = model.sample(num_samples, generator=g, **(sample_options or {}))
                 extra = data.sample_metrics(samples)
-                if hasattr(model, "last_nfe"):
-                    extra["nfe"] = float(model.last_nfe)
+                if samples.nfe is not None:
+                    extra["nfe"] = float(samples.nfe)
             metrics.update(distributed.broadcast_object(extra, world))
     model.train(was_training)
     return metrics

@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from aigc_cli import distributed
 from aigc_cli.data.base import Batch
-from aigc_cli.models.base import GenerativeModel, Stage
+from aigc_cli.models.base import Stage, TrainedModel
 from aigc_cli.noise import Noise
 
 
@@ -47,7 +47,7 @@ class StepResult:
 
 
 def train_step(
-    model: GenerativeModel,
+    model: TrainedModel,
     batches: Batch | list[Batch],
     step: int,
     opt: Optimization,
@@ -87,10 +87,7 @@ def train_step(
             undo.append(snapshot(opt.optimizers[name]))
         norm = apply_stage(stages, opt, want_norm)
         stepped = True
-        for k, v in stages[0].scalars.items():
-            if len(stages) > 1:  # the mean over the micro-batches; one batch: no extra kernel
-                v = torch.stack([s.scalars[k].float() for s in stages]).mean()
-            scalars[f"{name}/{k}"] = v.float()
+        scalars.update(stage_scalars(name, stages))
         if norm is not None:
             norms[f"{name}/grad_norm"] = norm.float()
     for r in runs:
@@ -98,17 +95,42 @@ def train_step(
     if stepped:  # the GradScaler's inf checks of this step's optimizers
         opt.scaler.update()
     if skipped:
-        for optimizer, state, saved in reversed(undo):
-            restore(optimizer, state, saved)
-        with torch.no_grad():
-            for b, saved_b in zip(model.buffers(), buffers, strict=True):
-                b.copy_(saved_b)
-        for o in opt.optimizers.values():
-            o.zero_grad(set_to_none=True)
+        undo_step(model, opt, undo, buffers)
         scalars, norms = {}, {}
     for s in opt.schedulers.values():
         s.step()
     return StepResult(skipped, scalars, norms)
+
+
+def stage_scalars(name: str, stages: list[Stage]) -> dict[str, Tensor]:
+    """A stage's scalars as <opt_name>/<key>, its loss among them (logged by the loop for every
+    model; a model's own "loss" scalar takes precedence). Under accumulation, the mean over
+    the micro-batches; one batch costs no extra kernel."""
+    out: dict[str, Tensor] = {}
+    first = stages[0]
+    keys = list(first.scalars) + ([] if "loss" in first.scalars else ["loss"])
+    for k in keys:
+        values = [s.scalars[k] if k in s.scalars else s.loss.detach() for s in stages]
+        v = values[0] if len(values) == 1 else torch.stack([x.float() for x in values]).mean()
+        out[f"{name}/{k}"] = v.float()
+    return out
+
+
+def undo_step(
+    model: TrainedModel,
+    opt: Optimization,
+    undo: list[tuple[Optimizer, dict[str, Any], list[Tensor]]],
+    buffers: list[Tensor],
+) -> None:
+    """Put back what the stages applied before a non-finite loss: optimizer states, weights
+    and buffers; drop the gradients."""
+    for optimizer, state, saved in reversed(undo):
+        restore(optimizer, state, saved)
+    with torch.no_grad():
+        for b, saved_b in zip(model.buffers(), buffers, strict=True):
+            b.copy_(saved_b)
+    for o in opt.optimizers.values():
+        o.zero_grad(set_to_none=True)
 
 
 def apply_stage(

@@ -9,9 +9,7 @@ joblib worker processes or on SLURM nodes."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -20,14 +18,21 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from aigc_cli.atomic import write_json, write_text
+from aigc_cli.console import console
 from aigc_cli.errors import AigcError, ConfigError
+from aigc_cli.store.paths import outputs_root
+from aigc_cli.store.rundir import RunDir
 
-RECORD = "job.json"
+RECORD = RunDir(".").job.name
 SUMMARY = "summary.json"
 SWEEPS = "multirun"  # sweeps live in <outputs root>/multirun
 
-# Set by SweepSummary at the end of a sweep; the CLI exits non-zero when it is positive.
-failed_jobs = 0
+
+class SweepFailed(AigcError):
+    """Raised after the summary table when some job of the sweep did not complete."""
+
+    exit_code = 1
 
 
 def job_overrides() -> list[str]:
@@ -39,22 +44,21 @@ def job_overrides() -> list[str]:
 
 
 def read_record(job_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((job_dir / RECORD).read_text())
-    except (OSError, ValueError):
-        return None
+    return RunDir(job_dir).read_job()
 
 
 def write_record(job_dir: Path, record: dict[str, Any]) -> None:
-    job_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(job_dir / RECORD, record)
+    RunDir(job_dir).write_job(record)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """Write-then-rename, so a record is never read half-written (jobs may run in parallel)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+def objective(metrics: dict[str, float], key: str | None) -> float | None:
+    """What `aigc train` returns to a sweeper: the final metric named by optimized_metric."""
+    if key and key not in metrics:
+        raise ConfigError(
+            f"optimized_metric '{key}' is not among the final metrics; "
+            f"choose from: {', '.join(metrics)}"
+        )
+    return float(metrics[key]) if key else None
 
 
 def finished_job(sweep_dir: Path, overrides: list[str]) -> dict[str, Any] | None:
@@ -70,8 +74,6 @@ def finished_job(sweep_dir: Path, overrides: list[str]) -> dict[str, Any] | None
 def resolve_sweep_dir(value: str, root: Path | None = None) -> Path:
     """`latest` → the newest sweep under <outputs root>/multirun; otherwise a sweep dir that
     exists."""
-    from aigc_cli.paths import outputs_root
-
     root = root if root is not None else outputs_root() / SWEEPS
     if value == "latest":
         found = [p.parent.parent for p in root.glob(f"*/*/*/{RECORD}")]
@@ -96,9 +98,6 @@ def run_job(
     """One job of a sweep: skip it if an earlier pass finished it, resume it if an earlier pass
     was cut off, train it otherwise, and record the outcome. A failure is recorded, printed in
     one line and returned as NaN (a failed trial to Optuna) instead of ending the sweep."""
-    from aigc_cli.console import console
-    from aigc_cli.runs import objective
-
     overrides = job_overrides()
     key = cfg.get("optimized_metric")
     resume = None
@@ -109,7 +108,7 @@ def run_job(
             console.print(f"[green]skipped[/] {' '.join(overrides)}: finished in {done['dir']}")
             return objective(done["metrics"], key)
         previous = read_record(job_dir)
-        last = job_dir / "checkpoints" / "last.pt"
+        last = RunDir(job_dir).last
         same = previous and sorted(previous.get("overrides", [])) == sorted(overrides)
         if same and last.exists():
             resume = last
@@ -128,7 +127,7 @@ def run_job(
             record["error"] = f"{e}" + (f" ({e.hint})" if e.hint else "")
         else:
             record["error"] = f"{type(e).__name__}: {e}"
-            (job_dir / "error.txt").write_text(traceback.format_exc())
+            write_text(job_dir / "error.txt", traceback.format_exc())
         record["status"] = "failed"
         write_record(job_dir, record)
         console.print(f"[bold red]job failed:[/] {' '.join(overrides)}: {record['error']}")
@@ -166,8 +165,6 @@ def _job_number(path: Path) -> tuple[int, str]:
 def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, maximize: bool = False) -> None:
     from rich.table import Table
 
-    from aigc_cli.console import console
-
     table = Table(title=f"sweep {sweep_dir}", header_style="bold")
     for col in ("job", "overrides", "status", "metric"):
         table.add_column(col, justify="right" if col == "metric" else "left")
@@ -201,12 +198,13 @@ class SweepSummary(Callback):
     """Hydra callback (train.yaml's hydra.callbacks): the table at the end of a sweep."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global failed_jobs
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = summarise(sweep_dir, config.get("optimized_metric"))
         if not rows:
             return
         direction = str(OmegaConf.select(config, "hydra.sweeper.direction") or "minimize")
         print_summary(rows, sweep_dir, maximize=direction == "maximize")
-        _write_json(sweep_dir / SUMMARY, rows)
-        failed_jobs = sum(r["status"] != "completed" for r in rows)
+        write_json(sweep_dir / SUMMARY, rows)
+        failed = sum(r["status"] != "completed" for r in rows)
+        if failed:
+            raise SweepFailed(f"{failed} job(s) of the sweep did not complete (table above)")

@@ -5,13 +5,19 @@ hydra.run.dir=...) works after the subcommand. Errors a user can fix print one l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
+
+from aigc_cli import startup
+from aigc_cli.errors import AigcError, UserExit
+from aigc_cli.store import paths
 
 CONFIGS = "pkg://aigc_cli.configs"
 COMMANDS = {
@@ -33,45 +39,51 @@ USAGE = (
 
 @hydra.main(config_path=CONFIGS, config_name="train", version_base="1.3")
 def train_app(cfg: DictConfig) -> float | None:
-    from aigc_cli.runs import run_train
+    from aigc_cli.commands.train import run_train
 
-    return run_train(cfg)
+    with user_errors():
+        return run_train(cfg)
 
 
 @hydra.main(config_path=CONFIGS, config_name="sample", version_base="1.3")
 def sample_app(cfg: DictConfig) -> None:
-    from aigc_cli.runs import run_sample
+    from aigc_cli.commands.sample import sample
 
-    run_sample(cfg)
+    with user_errors():
+        sample(cfg)
 
 
 @hydra.main(config_path=CONFIGS, config_name="eval", version_base="1.3")
 def eval_app(cfg: DictConfig) -> None:
-    from aigc_cli.runs import run_eval
+    from aigc_cli.commands.eval import run_eval
 
-    run_eval(cfg)
-
-
-def list_command() -> None:
-    from rich.table import Table
-
-    from aigc_cli.console import console
-    from aigc_cli.registry import catalogue
-
-    for kind, entries in catalogue().items():
-        table = Table(title=f"{kind}s", title_justify="left", show_header=False)
-        table.add_column(kind, style="bold cyan")
-        table.add_column("description")
-        for name, description in entries:
-            table.add_row(name, description)
-        console.print(table)
+    with user_errors():
+        run_eval(cfg)
 
 
 @hydra.main(config_path=CONFIGS, config_name="export", version_base="1.3")
 def export_app(cfg: DictConfig) -> None:
-    from aigc_cli.runs import run_export
+    from aigc_cli.commands.export import run_export
 
-    run_export(cfg)
+    with user_errors():
+        run_export(cfg)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """An AigcError leaves a single run as a UserExit, a BaseException that passes Hydra's job
+    runner untouched, so no 'Error executing job' banner comes before our one line. In a
+    multirun, errors stay ordinary exceptions: Hydra marks that job failed and the sweep goes
+    on."""
+    try:
+        yield
+    except AigcError as e:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        raise UserExit(e) from e
 
 
 APPS = {"train": train_app, "sample": sample_app, "eval": eval_app, "export": export_app}
@@ -83,26 +95,29 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     if argv[0] in ("-V", "--version"):
-        from aigc_cli import __version__
+        from importlib.metadata import PackageNotFoundError, version
 
-        print(f"aigc {__version__}")
+        try:
+            print(f"aigc {version('aigc')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            print("aigc (not installed)")
         return
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         _fail(f"unknown command '{command}'; choose from: {', '.join(COMMANDS)}", 2)
-    from aigc_cli import startup
+    if command == "list":
+        from aigc_cli.commands.list import list_command
 
-    startup.pause()  # resumed once the run or model is built
+        list_command()
+        return
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    # Hydra then raises instead of printing its own report; we print one line below.
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        from aigc_cli import paths
+    with startup.paused(), paths.command_line_root(rest), _hydra_raises():
+        _run(command, rest, full_error)
 
-        paths.use_command_line(rest)
-        if command == "list":
-            list_command()
-            return
+
+def _run(command: str, rest: list[str], full_error: bool) -> None:
+    """One command under Hydra, its errors said in one line."""
+    try:
         if command == "train":
             if not any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in rest):
                 paths.ensure_root()
@@ -111,21 +126,18 @@ def main(argv: list[str] | None = None) -> None:
             rest = [_quoted_prompt(a) for a in rest]
         if command == "eval":
             rest = [_eval_dataset(a) for a in rest]
-        from aigc_cli import compose_once, sweep
+        from aigc_cli.cli import compose_once
 
         compose_once.install()
-        sweep.failed_jobs = 0  # set by the sweep's summary callback
         sys.argv = [f"aigc-{command}", *rest]
         APPS[command]()
-        if sweep.failed_jobs:
-            _fail(f"{sweep.failed_jobs} job(s) of the sweep did not complete (table above)", 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except BaseException as e:
-        if type(e).__name__ == "UserExit":  # an AigcError from inside a run
+        if isinstance(e, UserExit):  # an AigcError from inside a run
             if full_error:
-                raise e.error from None  # type: ignore[attr-defined]
-            e = e.error  # type: ignore[attr-defined]
+                raise e.error from None
+            e = e.error
         elif not isinstance(e, Exception):
             raise  # SystemExit and friends
         if full_error:
@@ -134,10 +146,21 @@ def main(argv: list[str] | None = None) -> None:
         if message is None:
             raise  # a bug in aigc: keep the traceback
         _fail(message, code)
+
+
+@contextlib.contextmanager
+def _hydra_raises() -> Iterator[None]:
+    """Hydra raises instead of printing its own report while a command runs (we print one
+    line); the variable is put back as it was afterwards."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
     finally:
-        startup.end()
-        if not full_error:
+        if before is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
 
 
 def _resume_overrides(args: list[str]) -> list[str]:
@@ -149,7 +172,7 @@ def _resume_overrides(args: list[str]) -> list[str]:
         return _auto_resume(args)
     if not resume or resume == "null" or any(a.startswith("hydra.run.dir=") for a in args):
         return args
-    from aigc_cli.build import resolve_checkpoint, run_dir_of
+    from aigc_cli.store.runs import resolve_checkpoint, run_dir_of
 
     run_dir = run_dir_of(resolve_checkpoint(resume))
     return [*args, f"hydra.run.dir={run_dir}"]
@@ -213,7 +236,7 @@ def _sweep_overrides(args: list[str]) -> list[str]:
     value = next((a.split("=", 1)[1] for a in args if a.startswith("resume_sweep=")), None)
     if not value or value == "null" or any(a.startswith("hydra.sweep.dir=") for a in args):
         return args
-    from aigc_cli.sweep import resolve_sweep_dir
+    from aigc_cli.commands.sweep import resolve_sweep_dir
 
     return [*args, f"hydra.sweep.dir={resolve_sweep_dir(value)}"]
 

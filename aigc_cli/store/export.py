@@ -1,8 +1,8 @@
-"""`aigc export`: a trained run as a self-contained folder. `model.safetensors` holds the weights
+"""The export folder: a trained run, self-contained. `model.safetensors` holds the weights
 (plain tensors behind a JSON header: loading runs no code), `config.json` everything needed to
 rebuild the model (registry name, model config, data spec with its tokenizer and class names)
 and the run's final metrics, `README.md` a model card. `format=onnx` adds the family's
-generating graphs, each checked against PyTorch (aigc_cli/onnx_export.py).
+generating graphs, each checked against PyTorch (store/onnx.py).
 
 An export folder works wherever a run does: `aigc sample run=<folder>`, `aigc eval`,
 `init_from=`, and `aigc_cli.load(<folder>)` from Python."""
@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from aigc_cli.config import command_options, validate
+from aigc_cli.atomic import current_umask, write_bytes, write_text
+from aigc_cli.build import rebuild
 from aigc_cli.errors import CheckpointError, ConfigError
+from aigc_cli.registry import MODELS
 
 EXPORT_FORMAT = "aigc-export"
 EXPORT_VERSION = 1
@@ -29,68 +31,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FORMATS = ("safetensors", "onnx")
 
 
-@dataclass
-class ExportConfig:
-    run: str | None = None  # run dir or checkpoint file; null = the newest run
-    checkpoint: str = "last"  # last | best
-    out: str | None = None  # the folder to write; null = <run>/export
-    format: str = "safetensors"  # safetensors | onnx (the safetensors folder plus ONNX graphs)
-    ema: bool = True  # export the EMA weights when the run kept them
-    dtype: str = "fp32"  # fp32 | bf16 | fp16: the stored weights' type
-    overwrite: bool = False  # replace an existing `out` folder
-    device: str = "cpu"  # where the ONNX check runs PyTorch's side
-
-
 def is_export(path: Path) -> bool:
     path = Path(path)
     return path.is_dir() and (path / WEIGHTS).is_file() and (path / CONFIG).is_file()
-
-
-def run_export(node: Any) -> Path:
-    """The command: validate, load the run, write the folder (atomically), print what it holds."""
-    from aigc_cli.build import load_run, resolve_checkpoint, run_dir_of
-    from aigc_cli.console import console
-
-    cfg = validate("export", ExportConfig, command_options(node))
-    if cfg.format not in FORMATS:
-        raise ConfigError(f"bad value for 'format': '{cfg.format}'; choose from: "
-                          f"{', '.join(FORMATS)}")  # fmt: skip
-    if cfg.dtype not in DTYPES:
-        raise ConfigError(f"bad value for 'dtype': '{cfg.dtype}'; choose from: {', '.join(DTYPES)}")
-    if cfg.format == "onnx":
-        from aigc_cli.onnx_export import require_onnx
-
-        require_onnx()
-    ckpt_path = resolve_checkpoint(cfg.run, cfg.checkpoint)
-    out = Path(cfg.out) if cfg.out else run_dir_of(ckpt_path) / "export"
-    if out.exists() and not cfg.overwrite:
-        raise ConfigError(
-            f"{out} already exists; nothing was written",
-            hint="pass overwrite=true to replace it, or out=<another folder>",
-        )
-    model, ckpt = load_run(ckpt_path, "cpu", use_ema=cfg.ema)
-    used_ema = bool(cfg.ema and ckpt.get("ema"))
-    meta = export_config(model, ckpt, cfg.dtype, used_ema)
-    meta.update(run_record(run_dir_of(ckpt_path), ckpt_path, int(ckpt["step"])))
-
-    def fill(folder: Path) -> None:
-        save_weights(model.state_dict(), folder / WEIGHTS, DTYPES[cfg.dtype])
-        if cfg.format == "onnx":
-            from aigc_cli.onnx_export import export_onnx
-
-            # The graphs carry the weights as stored (rounded to dtype), computed in fp32.
-            exported = read_weights_into(model, folder)
-            meta["onnx"] = export_onnx(exported, folder, torch.device(cfg.device))
-        write_metadata(folder, meta, ckpt_path)
-
-    replace_folder(out, fill)
-    for g in meta.get("onnx", []):
-        diff = f"largest difference {g['max_diff']:.2e} (tolerance {g['tolerance']:.0e})"
-        console.print(f"{g['file']}: onnxruntime vs PyTorch, {diff}", soft_wrap=True)
-    what = "EMA" if used_ema else "live"
-    console.print(f"[green]exported[/] {ckpt_path} (step {ckpt['step']}, {what} weights, "
-                  f"{cfg.dtype}) → {out}", soft_wrap=True)  # fmt: skip
-    return out
 
 
 def replace_folder(out: Path, fill: Any) -> None:
@@ -103,8 +46,6 @@ def replace_folder(out: Path, fill: Any) -> None:
     except OSError as e:
         raise ConfigError(f"cannot write to {out.parent}: {e.strerror or e}") from e
     try:
-        from aigc_cli.checkpoint import current_umask
-
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would keep the folder private
         fill(tmp)
         if out.exists():
@@ -120,10 +61,8 @@ def replace_folder(out: Path, fill: Any) -> None:
 
 
 def write_metadata(folder: Path, meta: dict[str, Any], ckpt_path: Path) -> None:
-    from aigc_cli.checkpoint import atomic_write_text
-
-    atomic_write_text(folder / CONFIG, json.dumps(meta, indent=2) + "\n")
-    atomic_write_text(folder / "README.md", model_card(meta, ckpt_path))
+    write_text(folder / CONFIG, json.dumps(meta, indent=2) + "\n")
+    write_text(folder / "README.md", model_card(meta, ckpt_path))
 
 
 def read_weights_into(model: Any, folder: Path) -> Any:
@@ -135,45 +74,11 @@ def read_weights_into(model: Any, folder: Path) -> Any:
     return clone.eval()
 
 
-def run_record(run_dir: Path, ckpt_path: Path, step: int) -> dict[str, Any]:
-    """The figures the run measured at this checkpoint's step (metrics.json's final ones, and
-    `aigc eval`'s of this checkpoint), with their methods, and the command line that trained
-    it (Hydra's record in the run dir)."""
-    out: dict[str, Any] = {"metrics": {}, "methods": {}, "overrides": []}
-    path = run_dir / "metrics.json"
-    record: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            record = json.loads(path.read_text())
-        except ValueError:
-            record = {}
-    figures = dict(record) if record.get("step") == step else {}
-    evaluated = (record.get("eval") or {}).get(Path(ckpt_path).stem) or {}
-    if evaluated.get("step") == step:
-        figures.update(evaluated)
-    for k, v in figures.items():
-        if k.startswith("test/") and isinstance(v, int | float):
-            out["metrics"][k] = v
-    out["methods"] = {k: v for k, v in (figures.get("methods") or {}).items()
-                      if k in out["metrics"]}  # fmt: skip
-    overrides = run_dir / ".hydra" / "overrides.yaml"
-    if overrides.is_file():
-        from omegaconf import OmegaConf
-
-        try:
-            out["overrides"] = [str(o) for o in OmegaConf.load(overrides)]
-        except Exception:  # a damaged Hydra record only loses the card's command line
-            out["overrides"] = []
-    return out
-
-
 def save_weights(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype) -> None:
     """safetensors refuses tensors that share memory (the transformer's tied embedding and
     output head): each shared tensor is stored once and its other names recorded in the
     header's metadata, to be filled in again on load."""
     from safetensors.torch import save
-
-    from aigc_cli.checkpoint import atomic_write_bytes
 
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
@@ -187,7 +92,7 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype)
         t = t.detach().cpu()
         tensors[name] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
     data = save(tensors, metadata={"format": EXPORT_FORMAT, "aliases": json.dumps(aliases)})
-    atomic_write_bytes(path, data)
+    write_bytes(path, data)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -206,7 +111,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def export_config(model: Any, ckpt: dict[str, Any], dtype: str, used_ema: bool) -> dict:
-    """config.json: what rebuilds the model; run_record adds what the run measured."""
+    """config.json: what rebuilds the model; RunDir.record_at adds what the run measured."""
     spec = model.spec.to_dict()
     return {
         "format": EXPORT_FORMAT,
@@ -226,7 +131,6 @@ def export_config(model: Any, ckpt: dict[str, Any], dtype: str, used_ema: bool) 
 
 
 def model_card(meta: dict[str, Any], ckpt_path: Path) -> str:
-    from aigc_cli.registry import MODELS
 
     name = meta["model"]["name"]
     spec = meta["dataset"]["spec"]
@@ -265,8 +169,8 @@ def model_card(meta: dict[str, Any], ckpt_path: Path) -> str:
         "```python",
         "import aigc_cli as aigc",
         "model = aigc.load('<this folder>')",
-        "samples = model.sample(4, seed=0)" + ("  # texts" if spec["kind"] == "text" else
-                                               "  # images in [0, 1], (n, C, H, W)"),
+        "samples = model.sample(4, seed=0)" + ("  # .texts" if spec["kind"] == "text" else
+                                               "  # .images in [0, 1], (n, C, H, W)"),
         "```",
     ]  # fmt: skip
     if meta["model"]["config"].get("autoencoder_config"):
@@ -302,7 +206,6 @@ def read_export(folder: Path, device: torch.device | str = "cpu") -> tuple[Any, 
     metrics) for the commands that take a run. Reads only the folder's two files; the
     config names registry entries, never paths (a latent diffusion's autoencoder is rebuilt
     from its recorded config, its weights are in the file)."""
-    from aigc_cli.build import rebuild
 
     folder = Path(folder)
     meta = read_meta(folder)

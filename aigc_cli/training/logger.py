@@ -23,7 +23,9 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from aigc_cli.atomic import write_bytes
 from aigc_cli.console import console
+from aigc_cli.store.rundir import RunDir
 
 
 def config_tree(cfg: Mapping[str, Any], title: str = "config") -> Tree:
@@ -71,13 +73,13 @@ class RunLogger:
     def __init__(self, run_dir: Path, *, progress: bool = True, purge_step: int | None = None):
         self.run_dir = Path(run_dir)
         # purge_step drops events past it, so a resumed run has no duplicate steps.
-        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge_step)
+        self.writer = SummaryWriter(log_dir=str(RunDir(run_dir).tb), purge_step=purge_step)
         self.show_progress = progress and console.is_terminal
         self._progress: Progress | None = None
         self._task: Any = None
         self._total, self._first, self._start = 0, 0, time.monotonic()
         # Appended to (a resumed run continues its log); line-buffered, so a crash loses nothing.
-        self._file = open(self.run_dir / "train.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self._file = open(RunDir(run_dir).log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
         self._plain = Console(file=self._file, width=100, no_color=True, highlight=False,
                               force_terminal=False, soft_wrap=True)  # fmt: skip
 
@@ -219,12 +221,10 @@ def save_grid(images: Tensor, path: Path, nrow: int = 8) -> Tensor:
 
     from torchvision.utils import make_grid, save_image
 
-    from aigc_cli.checkpoint import atomic_write_bytes
-
     grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2)
     buf = io.BytesIO()
     save_image(grid, buf, format="png")
-    atomic_write_bytes(Path(path), buf.getvalue())
+    write_bytes(Path(path), buf.getvalue())
     return grid
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -11,15 +10,20 @@ from typing import Any
 
 import torch
 
-from aigc_cli.build import load_run, resolve_checkpoint, resolve_device, run_dir_of
+from aigc_cli.build import resolve_device
 from aigc_cli.config import check, command_options, validate
+from aigc_cli.console import console
 from aigc_cli.errors import ConfigError
-from aigc_cli.logger import console, save_grid
-from aigc_cli.plots import scatter_image
+from aigc_cli.models.base import GenerativeModel, HasSamplers, Interpolates, SamplerOptions
+from aigc_cli.results import Images, SampleResult
+from aigc_cli.store.rundir import RunDir
+from aigc_cli.store.runs import load_run, resolve_checkpoint
+
+SAMPLER_OPTIONS = tuple(SamplerOptions.__dataclass_fields__)
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(SamplerOptions):
     run: str | None = None  # run dir or checkpoint file; null = the newest run under outputs/
     checkpoint: str = "last"  # which checkpoint of the run: last | best
     n: int = 0  # images (or texts) to generate; 0 = 64 images or 1 text
@@ -34,10 +38,6 @@ class SampleConfig:
     temperature: float = 1.0  # text models: softmax temperature (lower = more conservative)
     top_k: int = 0  # text models: keep the k most likely tokens; 0 = all
     top_p: float = 1.0  # text models: keep the smallest set with this total probability
-    sampler: str | None = None  # diffusion: ddim | ddpm; flow: euler | heun; null = the model's
-    steps: int | None = None  # sampler steps; null = the model's
-    guidance: float | None = None  # classifier-free guidance scale (conditional models)
-    eta: float | None = None  # DDIM noise; null = the model's
 
 
 def sample(node: Any) -> Path:
@@ -46,74 +46,80 @@ def sample(node: Any) -> Path:
     check(cfg.n >= 0, "n", f"{cfg.n} must be >= 1 (or 0 for the default)")
     check(cfg.temperature > 0, "temperature", "must be > 0")
     check(0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]")
+    check(cfg.max_new_tokens >= 1, "max_new_tokens", f"{cfg.max_new_tokens} must be >= 1")
     check(cfg.mode in ("sample", "interpolate"), "mode", "choose from: sample, interpolate")
     ckpt_path = resolve_checkpoint(cfg.run, cfg.checkpoint)
     model, _ = load_run(ckpt_path, resolve_device(cfg.device), use_ema=cfg.ema)
-    run_dir = run_dir_of(ckpt_path)
-    if not model.generates:
+    run = RunDir.of_checkpoint(ckpt_path)
+    if not isinstance(model, GenerativeModel):
         raise ConfigError(
-            f"{run_dir} is a run of model '{model.cfg.name}', which generates no samples",
+            f"{run} is a run of model '{model.cfg.name}', which generates no samples",
             hint="pass run=<dir> of a generative run (vae, gan, transformer)",
         )
-    if cfg.mode == "interpolate" and not hasattr(model, "interpolate"):
+    if cfg.mode == "interpolate" and not isinstance(model, Interpolates):
         raise ConfigError(
             f"bad value for 'mode': model '{model.cfg.name}' has no latent space to interpolate",
             hint="use mode=sample",
         )
-    g = torch.Generator().manual_seed(cfg.seed)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    kind = model.spec.kind
-    n = cfg.n or (1 if kind == "text" else 64)
-    suffix = ".txt" if kind == "text" else ".png"
-    out = Path(cfg.out) if cfg.out else run_dir / "samples" / f"{stamp}{suffix}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    if kind == "text":
-
-        def stream(piece: str) -> None:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-
-        texts = model.sample(
-            n,
-            generator=g,
-            prompt=cfg.prompt,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
-            stream=stream,
-        )
-        sys.stdout.write("\n")
-        out.write_text("\n\n---\n\n".join(texts) + "\n")
-    elif cfg.mode == "interpolate":
-        images, nrow = model.interpolate(n, generator=g)
-        save_grid(images, out, nrow=nrow)
-    elif kind == "points":
-        points = model.sample(n, generator=g, **sampler_options(cfg, model))
-        img = scatter_image(points[:0], points, model.spec.extra.get("extent", 0.0))
-        save_grid(img.unsqueeze(0), out, nrow=1)
+    result = draw(cfg, model)
+    if cfg.nrow and isinstance(result, Images):
+        result.nrow = cfg.nrow
+    if cfg.out:
+        out = _write_to(result, Path(cfg.out))
     else:
-        images = model.sample(n, generator=g, **sampler_options(cfg, model))
-        nrow = cfg.nrow or getattr(model, "grid_nrow", 0) or math.ceil(math.sqrt(n))
-        save_grid(images, out, nrow=nrow)
-    if hasattr(model, "last_nfe"):
-        about = model.describe_sampler(cfg.sampler, cfg.steps)
-        console.print(f"sampler {about}: {model.last_nfe} network evaluations (NFE)")
+        out = result.write(run.sample_file(time.strftime("%Y%m%d-%H%M%S")))
+    if result.describe():
+        console.print(result.describe())
     console.print(f"[green]samples written to[/] {out}", soft_wrap=True)
+    return out
+
+
+def draw(cfg: SampleConfig, model: GenerativeModel) -> SampleResult:
+    """The samples the options ask for; text streams to the console as it is generated."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    text = model.spec.kind == "text"
+    n = cfg.n or (1 if text else 64)
+    if cfg.mode == "interpolate":
+        assert isinstance(model, Interpolates)
+        return model.interpolate(n, generator=g)
+    if not text:
+        return model.sample(n, generator=g, **sampler_options(cfg, model))
+
+    def stream(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    result = model.sample(
+        n, generator=g, prompt=cfg.prompt, max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, stream=stream,
+    )  # fmt: skip
+    sys.stdout.write("\n")
+    return result
+
+
+def _write_to(result: SampleResult, out: Path) -> Path:
+    """`out=` names the file itself, whatever its suffix."""
+    written = result.write(out.with_suffix(""))
+    if written != out:
+        written.replace(out)
     return out
 
 
 def sampler_options(cfg: Any, model: Any) -> dict[str, Any]:
     """sampler=, steps=, guidance=, eta= for the families that have samplers; elsewhere
     they are refused in one line rather than ignored."""
-    given = {k: getattr(cfg, k) for k in ("sampler", "steps", "guidance", "eta")}
+    given = {k: getattr(cfg, k) for k in SAMPLER_OPTIONS}
     given = {k: v for k, v in given.items() if v is not None}
-    if given and not hasattr(model, "samplers"):
+    if given and not isinstance(model, HasSamplers):
         raise ConfigError(
             f"{', '.join(given)}: model '{model.cfg.name}' has no sampler options",
             hint="they apply to diffusion and flow runs",
         )
-    if "eta" in given and model.cfg.name != "diffusion":
-        raise ConfigError("eta is DDIM's noise; it applies to diffusion runs only")
+    if given:
+        other = [k for k in given if k not in model.sampler_options]
+        if other:
+            raise ConfigError(
+                f"{', '.join(other)} does not apply to model '{model.cfg.name}'",
+                hint=f"its sampler options are: {', '.join(model.sampler_options)}",
+            )
     return given

@@ -4,74 +4,22 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
+from aigc_cli.atomic import fsync_dir, write_atomic
 from aigc_cli.errors import CheckpointError
 
 FORMAT_VERSION = 1
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None], what: str) -> None:
-    """Write a file so that a crash at any moment leaves either the old or the new one: write a
-    temporary file in the same folder, fsync it, rename it over the target, fsync the folder
-    (so the rename itself survives a power cut)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp's file is private (0600); the written file gets the usual permissions.
-        os.chmod(tmp, 0o666 & ~current_umask())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise CheckpointError(
-                f"could not write {what} {path}: {e.strerror or e}",
-                hint=f"the previous {what} is kept; free disk space or change the output dir",
-            ) from e
-        raise
-    _fsync_dir(path.parent)
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
     """Atomically write `obj`, stamped with the format version, as a torch checkpoint."""
-    _atomic_write(
-        path, lambda f: torch.save({"format_version": FORMAT_VERSION, **obj}, f), "checkpoint"
-    )
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Atomically replace a small text file (metrics.json): never left half-written."""
-    _atomic_write(path, lambda f: f.write(text.encode()), "file")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Atomically replace a file (a PNG grid) with `data`."""
-    _atomic_write(path, lambda f: f.write(data), "file")
-
-
-def _fsync_dir(folder: Path) -> None:
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    stamped = {"format_version": FORMAT_VERSION, **obj}
+    write_atomic(path, lambda f: torch.save(stamped, f), "checkpoint", CheckpointError)
 
 
 def save_rotating(obj: dict[str, Any], folder: Path, step: int, keep: int) -> Path:
@@ -93,7 +41,7 @@ def save_rotating(obj: dict[str, Any], folder: Path, step: int, keep: int) -> Pa
         save_checkpoint(obj, last)
     else:
         os.replace(tmp, last)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     for old in sorted(folder.glob("step_*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
     return path

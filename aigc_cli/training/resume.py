@@ -11,9 +11,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from aigc_cli.errors import CheckpointError
-from aigc_cli.logger import flatten
-from aigc_cli.rng import set_rng_state
-from aigc_cli.step import Optimization
+from aigc_cli.training.logger import flatten
+from aigc_cli.training.rng import set_rng_state
+from aigc_cli.training.step import Optimization
 
 
 def restore(

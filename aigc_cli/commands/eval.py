@@ -8,17 +8,30 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from aigc_cli.atomic import write_text
+from aigc_cli.build import build_data, resolve_device
+from aigc_cli.commands.sample import sampler_options
 from aigc_cli.config import check, command_options, validate
+from aigc_cli.console import console
+from aigc_cli.data.base import PATH_KEYS, has_sample_metrics
 from aigc_cli.errors import ConfigError
+from aigc_cli.metrics.quality import GROUPS, MetricsConfig
+from aigc_cli.models.base import SamplerOptions
+from aigc_cli.registry import DATASETS
+from aigc_cli.store.runs import load_run, load_sample_quality, resolve_checkpoint, run_dir_of
+from aigc_cli.training.evaluate import evaluate
+from aigc_cli.training.logger import flatten, write_hparams
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(SamplerOptions):
+    # SamplerOptions: the sampler of the sample-based metrics (diffusion and flow)
     run: str | None = None  # run dir or checkpoint file; null = the newest run
     checkpoint: str = "last"  # last | best
     metrics: list[str] | None = None  # nll, fid, kid, pr, coverage; null = all that apply
@@ -35,20 +48,10 @@ class EvalConfig:
     kid_subsets: int = 100  # KID: random subsets averaged over
     kid_subset_size: int = 1000  # KID: images per subset
     dataset: dict[str, Any] | None = None  # dataset=<name> [dataset.root=...]: where the data is
-    # diffusion and flow: the sampler of the sample-based metrics; null = the model's own
-    sampler: str | None = None  # diffusion: ddim | ddpm; flow: euler | heun
-    steps: int | None = None  # sampler steps (DDPM always takes T)
-    guidance: float | None = None  # classifier-free guidance scale (conditional models)
-    eta: float | None = None  # DDIM noise (diffusion)
 
 
 def run_eval(node: DictConfig) -> dict[str, float]:
     import torch
-
-    from aigc_cli.build import build_data, load_run, resolve_checkpoint, resolve_device, run_dir_of
-    from aigc_cli.data.base import has_sample_metrics
-    from aigc_cli.evaluate import evaluate
-    from aigc_cli.sample import sampler_options
 
     values = command_options(node)
     cfg = validate("eval", EvalConfig, values)
@@ -75,8 +78,6 @@ def run_eval(node: DictConfig) -> dict[str, float]:
             sample_options=sampling,
         )
     if quality is not None:
-        from aigc_cli.console import console
-
         with console.status(f"sampling {cfg.num_samples} images for {', '.join(quality.names)}"):
             metrics.update(quality(model, cfg.seed, **sampling))
     notes = {**model.describe_metrics(options), **(quality.describe() if quality else {})}
@@ -88,14 +89,11 @@ def run_eval(node: DictConfig) -> dict[str, float]:
 
 def eval_dataset_config(saved: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
     """The dataset to evaluate on: the checkpoint's dataset name and its settings that shape the
-    data (image size, channels, split seed...), with the settings that name places on disk or
-    the network (PATH_KEYS) from this command (`dataset.root=...`) or, failing that, from the
-    package's own YAML of that dataset."""
-    from importlib import resources
-
-    from aigc_cli.data.base import PATH_KEYS
-    from aigc_cli.registry import DATASETS
-
+    data (image size, channels, split seed...), with the settings that name places on disk
+    (PATH_KEYS) from this command (`dataset.root=...`) or, failing that, from the package's own
+    YAML of that dataset. A checkpoint never names a place aigc reads: when the run was trained
+    on data elsewhere, this says so in one line before any work. Nothing is downloaded unless
+    the command asks (`dataset.download=true`)."""
     name = str(saved["name"])
     DATASETS.get(name)  # a registered name, or a one-line error listing the choices
     given = dict(given or {})
@@ -108,17 +106,27 @@ def eval_dataset_config(saved: dict[str, Any], given: dict[str, Any] | None) -> 
     defaults: dict[str, Any] = {}
     if yaml.is_file():
         defaults = OmegaConf.to_container(OmegaConf.load(str(yaml)), resolve=True)  # type: ignore[assignment]
-    shape = {k: v for k, v in (saved.get("config") or {}).items() if k not in PATH_KEYS}
+    recorded = saved.get("config") or {}
+    shape = {k: v for k, v in recorded.items() if k not in PATH_KEYS}
     places = {k: given[k] if k in given else defaults[k] for k in PATH_KEYS
               if k in given or k in defaults}  # fmt: skip
+    for key in PATH_KEYS:
+        if key == "download" or key in given or key not in recorded:
+            continue
+        if recorded[key] != defaults.get(key):
+            raise ConfigError(
+                f"the run was trained on {name} data at dataset.{key}={recorded[key]}; aigc eval "
+                "reads only places this command names, never one a checkpoint names",
+                hint=f"pass dataset.{key}={recorded[key]} (or another place with the same data)",
+            )
+    if "download" in places and "download" not in given:
+        places["download"] = False
     return {**shape, **places, "name": name}
 
 
 def quality_metrics(cfg: EvalConfig, model: Any, data: Any, dataset_name: str, device: Any):
     """The metric groups asked for (or, unasked, nll and those a feature network is at hand
     for) and the SampleQuality that computes the sample-based ones."""
-    from aigc_cli.console import console
-    from aigc_cli.metrics.quality import GROUPS, MetricsConfig, SampleQuality
 
     known = ("nll", *GROUPS)
     if cfg.metrics is not None:
@@ -139,7 +147,7 @@ def quality_metrics(cfg: EvalConfig, model: Any, data: Any, dataset_name: str, d
         # Unasked, the sample metrics are added when a feature network is at hand.
         groups = [g for g in GROUPS if g != "coverage" or data.spec.num_classes >= 2]
         try:
-            return wanted, SampleQuality(mcfg, groups, data, dataset_name, device)
+            return wanted, load_sample_quality(mcfg, groups, data, dataset_name, device)
         except ConfigError as e:
             console.print(f"[yellow]fid/kid/pr/coverage skipped:[/] {e}", soft_wrap=True)
             return wanted, None
@@ -150,13 +158,11 @@ def quality_metrics(cfg: EvalConfig, model: Any, data: Any, dataset_name: str, d
             f"{', '.join(groups)} judge generated samples; model '{model.cfg.name}' generates none",
             hint="use metrics=[nll]",
         )
-    return wanted, SampleQuality(mcfg, groups, data, dataset_name, device)
+    return wanted, load_sample_quality(mcfg, groups, data, dataset_name, device)
 
 
 def print_table(ckpt_path: Path, ckpt: dict[str, Any], metrics: dict[str, float], note: bool):
     from rich.table import Table
-
-    from aigc_cli.console import console
 
     table = Table(title=f"eval of {ckpt_path} (step {ckpt['step']})")
     table.add_column("metric")
@@ -181,8 +187,6 @@ def _record_eval(
     """Add the figures to metrics.json under "eval" → checkpoint name (training's own final
     figures stay as they are), and as an hparams session in tb/eval beside the run's events,
     so TensorBoard's HParams tab lists evaluated runs by their config."""
-    from aigc_cli.checkpoint import atomic_write_text
-    from aigc_cli.logger import flatten, write_hparams
 
     path = run_dir / "metrics.json"
     record: dict[str, Any] = {}
@@ -195,8 +199,7 @@ def _record_eval(
         **{f"test/{k}": v for k, v in metrics.items()},
         "methods": {f"test/{k}": v for k, v in notes.items()},
     }
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
-    from aigc_cli.console import console
+    write_text(path, json.dumps(record, indent=2) + "\n")
 
     console.print(f'[green]written[/] {path} (under "eval")')
     hp = {

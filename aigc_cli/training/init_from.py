@@ -11,15 +11,17 @@ from typing import Any
 
 import torch
 
+from aigc_cli.data.base import DataSpec
 from aigc_cli.errors import ConfigError
+from aigc_cli.store.checkpoint import load_checkpoint
+from aigc_cli.store.export import load_weights, read_meta
+from aigc_cli.store.runs import resolve_checkpoint
 
 SHOWN = 6  # mismatched tensors named in the note; the rest are counted
 
 
 def init_weights(model: Any, source: str) -> list[str]:
     """Load `source`'s weights into `model` where they fit; returns the notes to print."""
-    from aigc_cli.build import resolve_checkpoint
-    from aigc_cli.data.base import DataSpec
 
     path = resolve_checkpoint(source)
     state, name, spec = source_weights(path)
@@ -55,11 +57,8 @@ def init_weights(model: Any, source: str) -> list[str]:
 def source_weights(path: Path) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:
     """(state dict, model name, data spec) of a checkpoint or an export's safetensors."""
     if Path(path).suffix == ".safetensors":
-        from aigc_cli.export import load_weights, read_meta
-
         meta = read_meta(Path(path).parent)
         return load_weights(path), meta["model"]["name"], meta["dataset"]["spec"]
-    from aigc_cli.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
     ema = ckpt.get("ema")

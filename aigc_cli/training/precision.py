@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from aigc_cli.training.evaluate import isolated_rng
+
 MARGIN = 1.2  # bf16 must be this much faster: near-ties stay in fp32, the safer numerics
 PROBE_MIN_PARAMS = 2_000_000  # smaller models stay fp32 on CPUs without a probe
 WARMUP, TIMED = 1, 3  # probe steps per precision
@@ -68,7 +70,6 @@ def choose_precision(
 
 def probe(model: Any, batch: tuple, device: torch.device) -> tuple[float, float]:
     """Median seconds of one forward and backward pass in fp32 and in bf16 autocast."""
-    from aigc_cli.evaluate import isolated_rng
 
     clone = copy.deepcopy(model).train()
     times: dict[bool, list[float]] = {False: [], True: []}

@@ -4,8 +4,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+from aigc_cli.errors import ConfigError
 
 ENV = "AIGC_OUTPUTS"
 KEY = "paths.outputs="
@@ -19,8 +23,6 @@ def outputs_root() -> Path:
 def ensure_root() -> None:
     """Create an outputs root the user set (./outputs is left to Hydra), or say in one line why
     it cannot be."""
-    from aigc_cli.errors import ConfigError
-
     if not (_root or os.environ.get(ENV)):
         return
     root = outputs_root()
@@ -33,9 +35,15 @@ def ensure_root() -> None:
         ) from e
 
 
-def use_command_line(args: list[str]) -> None:
-    """Take paths.outputs from a command's overrides, before Hydra composes (the resume and
-    sweep shortcuts resolve `latest` before that)."""
+@contextlib.contextmanager
+def command_line_root(args: list[str]) -> Iterator[None]:
+    """paths.outputs from a command's overrides, for the command's life: it is read before
+    Hydra composes (the resume and sweep shortcuts resolve `latest` before that), and the next
+    command in the same process starts without it."""
     global _root
     given = [a[len(KEY) :] for a in args if a.startswith(KEY)]
-    _root = given[-1] if given else None
+    before, _root = _root, (given[-1] if given else None)
+    try:
+        yield
+    finally:
+        _root = before

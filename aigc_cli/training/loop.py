@@ -6,7 +6,6 @@ needs lives in one `Run`, built by `setup`, passed explicitly to the named parts
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import re
 import signal
@@ -21,24 +20,31 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
-from aigc_cli import distributed, startup, sync_batchnorm
-from aigc_cli.build import build_data, build_model, resolve_checkpoint
-from aigc_cli.checkpoint import load_checkpoint, save_checkpoint, save_rotating
+from aigc_cli import distributed, startup
+from aigc_cli.build import build_data
 from aigc_cli.config import OptimConfig, TrainerConfig, validate_optim, validate_trainer
-from aigc_cli.cpu import configure_cpu
-from aigc_cli.ema import EMA
+from aigc_cli.data.base import has_sample_metrics
+from aigc_cli.distributed import batchnorm as sync_batchnorm
 from aigc_cli.errors import CheckpointError, ConfigError, TrainingError
-from aigc_cli.evaluate import evaluate, isolated_rng
-from aigc_cli.logger import QuietLogger, RunLogger, Throughput, config_tree, flatten
 from aigc_cli.metrics.quality import GROUPS, SampleQuality, check_best_metric, validate_metrics
-from aigc_cli.models.base import GenerativeModel
+from aigc_cli.models.base import TrainedModel
 from aigc_cli.noise import Noise
 from aigc_cli.optim import make_scheduler
-from aigc_cli.resume import restore
-from aigc_cli.rng import rng_state, seed_everything
-from aigc_cli.samples import log_samples
-from aigc_cli.signals import StopFlag, TrainingInterrupted
-from aigc_cli.step import Optimization, StepResult, Tally, train_step
+from aigc_cli.store.checkpoint import load_checkpoint, save_checkpoint, save_rotating
+from aigc_cli.store.paths import outputs_root
+from aigc_cli.store.rundir import RunDir
+from aigc_cli.store.runs import build_with_parts, load_sample_quality, resolve_checkpoint
+from aigc_cli.training.cpu import configure_cpu
+from aigc_cli.training.ema import EMA
+from aigc_cli.training.evaluate import evaluate, isolated_rng
+from aigc_cli.training.init_from import init_weights
+from aigc_cli.training.logger import QuietLogger, RunLogger, Throughput, config_tree, flatten
+from aigc_cli.training.precision import choose_precision
+from aigc_cli.training.resume import restore
+from aigc_cli.training.rng import rng_state, seed_everything
+from aigc_cli.training.samples import log_samples
+from aigc_cli.training.signals import StopFlag, TrainingInterrupted
+from aigc_cli.training.step import Optimization, StepResult, Tally, train_step
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
 SAMPLE_KEYS = {k for keys in GROUPS.values() for k in keys}
@@ -61,7 +67,7 @@ class Run:
     device: torch.device
     run_dir: Path
     data: Any
-    model: GenerativeModel
+    model: TrainedModel
     ema: EMA | None
     opt: Optimization
     batches: Any
@@ -78,11 +84,15 @@ class Run:
     speed: Throughput = field(default_factory=Throughput)
 
     @property
+    def folder(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+    @property
     def seed(self) -> int:
         return int(self.cfg.get("seed", 0))
 
     @property
-    def eval_model(self) -> GenerativeModel:
+    def eval_model(self) -> TrainedModel:
         return self.ema.model if self.ema else self.model
 
     @property
@@ -113,8 +123,12 @@ def train(
     world, device = distributed.init(t.device)
     try:
         if run_dir is None:
-            run_dir = resolve_checkpoint(resume).parent.parent if resume else default_run_dir()
-        run = setup(cfg, ckpt, world, device, Path(run_dir), choices or {})
+            run_dir = (
+                RunDir.of_checkpoint(resolve_checkpoint(resume)).path
+                if resume
+                else default_run_dir()
+            )
+        run = setup(cfg, t, ckpt, world, device, Path(run_dir), choices or {})
         try:
             return loop(run)
         except BaseException as e:
@@ -157,7 +171,7 @@ def loop(run: Run) -> dict[str, float]:
                     raise TrainingInterrupted(
                         signum,
                         f"{name} received: stopped after step {run.step}, checkpoint written "
-                        f"to {run.run_dir / 'checkpoints' / 'last.pt'}",
+                        f"to {run.folder.last}",
                         hint=f"continue with: aigc train resume={run.run_dir}",
                     )
             metrics = finish(run)
@@ -229,9 +243,7 @@ def report(run: Run, metrics: dict[str, float]) -> dict[str, float]:
     notes = {**run.model.describe_metrics({}), **(run.quality.describe() if run.quality else {})}
     record_ = {"step": run.step, **final, "methods": {f"test/{k}": v for k, v in notes.items()}}
     if run.world.is_main:
-        from aigc_cli.checkpoint import atomic_write_text
-
-        atomic_write_text(run.run_dir / "metrics.json", json.dumps(record_, indent=2) + "\n")
+        run.folder.write_metrics(record_)
     run.log.summary(
         final,
         {
@@ -248,6 +260,7 @@ def report(run: Run, metrics: dict[str, float]) -> dict[str, float]:
 
 def setup(
     cfg: DictConfig,
+    t: TrainerConfig,
     ckpt: dict[str, Any] | None,
     world: distributed.World,
     device: torch.device,
@@ -257,7 +270,7 @@ def setup(
     """Everything a run needs, built in order: data, model, EMA, compile, optimizers, the
     restored state of a resumed run, the logger. Fails before the first step on any config
     problem that can be seen without training (a bad best_metric, a missing classifier)."""
-    t, o = validate_trainer(cfg.trainer), validate_optim(cfg.optim)
+    o = validate_optim(cfg.optim)
     distributed.check_batch_size(t.batch_size, world)
     run_dir = Path(distributed.broadcast_object(str(run_dir), world))
     if world.is_main:
@@ -267,25 +280,7 @@ def setup(
     seed_everything(int(cfg.get("seed", 0)))
     if device.type == "cuda":
         cuda_math(t.tf32)
-    data = build_data(cfg.dataset).to(device)
-    if data.spec.extra.get("resolved"):  # dataset settings chosen from the data (auto)
-        with open_dict(cfg):
-            cfg.dataset.update(data.spec.extra["resolved"])
-    model = build_model(model_config(cfg, ckpt), data.spec).to(device)
-    if ckpt is not None and ckpt["model"]["name"] != cfg.model.name:
-        raise CheckpointError(
-            f"cannot resume: the checkpoint is of model '{ckpt['model']['name']}', "
-            f"the config asks for '{cfg.model.name}'",
-            hint=f"resume with model={ckpt['model']['name']}",
-        )
-    notes = []
-    if cfg.get("init_from") and ckpt is None:
-        from aigc_cli.init_from import init_weights
-
-        notes += init_weights(model, str(cfg.init_from))
-    elif cfg.get("init_from"):
-        notes.append("init_from is ignored: the run resumes from its own checkpoint")
-    notes += prepare_model(model, t, world)
+    data, model, notes = build_parts(cfg, t, ckpt, world, device)
     layout = memory_format(model, device, t.channels_last)
     model = model.to(memory_format=layout)
     if t.precision == "auto":
@@ -296,7 +291,7 @@ def setup(
     # before the first step; they are computed on rank 0 and shared.
     quality = None
     if mcfg.names and world.is_main:
-        quality = SampleQuality(mcfg, mcfg.names, data, cfg.dataset.name, device)
+        quality = load_sample_quality(mcfg, mcfg.names, data, cfg.dataset.name, device)
     distributed.broadcast_module(model, world)
     # The EMA copy is taken before compiling: a compiled module's copy would still call the
     # original's forward.
@@ -320,6 +315,34 @@ def setup(
     return run
 
 
+def build_parts(
+    cfg: DictConfig,
+    t: TrainerConfig,
+    ckpt: dict[str, Any] | None,
+    world: distributed.World,
+    device: torch.device,
+) -> tuple[Any, TrainedModel, list[str]]:
+    """The data and the model (from init_from's weights when asked), with notes for the log."""
+    data = build_data(cfg.dataset).to(device)
+    if data.spec.extra.get("resolved"):  # dataset settings chosen from the data (auto)
+        with open_dict(cfg):
+            cfg.dataset.update(data.spec.extra["resolved"])
+    model = build_with_parts(model_config(cfg, ckpt), data.spec).to(device)
+    if ckpt is not None and ckpt["model"]["name"] != cfg.model.name:
+        raise CheckpointError(
+            f"cannot resume: the checkpoint is of model '{ckpt['model']['name']}', "
+            f"the config asks for '{cfg.model.name}'",
+            hint=f"resume with model={ckpt['model']['name']}",
+        )
+    notes = []
+    if cfg.get("init_from") and ckpt is None:
+        notes += init_weights(model, str(cfg.init_from))
+    elif cfg.get("init_from"):
+        notes.append("init_from is ignored: the run resumes from its own checkpoint")
+    notes += prepare_model(model, t, world)
+    return data, model, notes
+
+
 def model_config(cfg: DictConfig, ckpt: dict[str, Any] | None) -> Any:
     """The model's config; a resumed run takes what its model recorded when it started (a
     latent diffusion's autoencoder), so resuming reads no file the checkpoint names."""
@@ -331,11 +354,10 @@ def model_config(cfg: DictConfig, ckpt: dict[str, Any] | None) -> Any:
 
 
 def resolve_precision(cfg: DictConfig, t: TrainerConfig, ckpt: dict[str, Any] | None,
-                      model: GenerativeModel, data: Any, device: torch.device, layout: Any,
+                      model: TrainedModel, data: Any, device: torch.device, layout: Any,
                       world: distributed.World) -> str:  # fmt: skip
     """trainer.precision=auto → 32 or bf16 (aigc_cli/precision.py), written into the run's
     config; a resumed run keeps what it chose when it started. Rank 0 decides for all."""
-    from aigc_cli.precision import choose_precision
 
     saved = ((ckpt or {}).get("config") or {}).get("trainer", {}).get("precision")
     if saved and saved != "auto":
@@ -366,7 +388,7 @@ def make_run_dir(run_dir: Path) -> None:
         ) from e
 
 
-def prepare_model(model: GenerativeModel, t: TrainerConfig, world: distributed.World) -> list:
+def prepare_model(model: TrainedModel, t: TrainerConfig, world: distributed.World) -> list:
     """Batch norm over the global batch when several ranks share it (on by default where the
     model has BatchNorm: otherwise N ranks train a different model from one process)."""
     sync = t.sync_batchnorm if t.sync_batchnorm is not None else world.parallel
@@ -376,7 +398,7 @@ def prepare_model(model: GenerativeModel, t: TrainerConfig, world: distributed.W
     return []
 
 
-def compile_model(model: GenerativeModel, enabled: bool, backend: str = "inductor") -> list[str]:
+def compile_model(model: TrainedModel, enabled: bool, backend: str = "inductor") -> list[str]:
     """torch.compile each network in place (parameter names, and so checkpoints, are the same
     with and without compile), except those the model says cannot be compiled."""
     if not enabled:
@@ -389,7 +411,7 @@ def compile_model(model: GenerativeModel, enabled: bool, backend: str = "inducto
 
 
 def make_optimization(
-    model: GenerativeModel,
+    model: TrainedModel,
     t: TrainerConfig,
     o: OptimConfig,
     device: torch.device,
@@ -419,9 +441,7 @@ def open_logger(
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     if not world.is_main:
         return QuietLogger(run_dir)
-    from aigc_cli.checkpoint import atomic_write_text
-
-    atomic_write_text(run_dir / "config.yaml", resolved)
+    RunDir(run_dir).write_config(resolved)
     log = RunLogger(run_dir, progress=t.progress, purge_step=step + 1 if step else None)
     log.print(config_tree(OmegaConf.to_container(cfg, resolve=True), f"config → {run_dir}"))
     if not step:
@@ -500,7 +520,7 @@ def flush_logs(run: Run) -> None:
 
 
 @contextlib.contextmanager
-def inference(run: Run) -> Iterator[GenerativeModel]:
+def inference(run: Run) -> Iterator[TrainedModel]:
     """The model that evaluates and samples (the EMA copy, or the live model), in eval mode
     (BatchNorm's running statistics, no dropout), uncompiled (evaluation's shapes and grad
     mode would each trigger a recompilation), and drawing from a forked RNG so the training
@@ -522,7 +542,6 @@ def evaluate_run(
     run: Run, batches: int, final: bool = False, quiet: bool = False
 ) -> dict[str, float]:
     """Test metrics of the evaluation model; logged under test/ unless `quiet`."""
-    from aigc_cli.data.base import has_sample_metrics
 
     with inference(run) as model:
         # At the training batch size, final evaluation included: it fits wherever training
@@ -588,7 +607,7 @@ def checkpoint(run: Run, must: bool = False) -> None:
     if run.step == run.saved_step or not run.world.is_main:
         return
     try:
-        save_rotating(checkpoint_state(run), run.run_dir / "checkpoints", run.step,
+        save_rotating(checkpoint_state(run), run.folder.checkpoints, run.step,
                       run.t.keep_checkpoints)  # fmt: skip
         run.saved_step = run.step
     except CheckpointError as e:
@@ -608,7 +627,7 @@ def keep_best(run: Run, metrics: dict[str, float]) -> None:
         return
     run.best.update(metric=name, value=value, step=run.step)
     if run.world.is_main:
-        save_checkpoint(checkpoint_state(run), run.run_dir / "checkpoints" / "best.pt")
+        save_checkpoint(checkpoint_state(run), run.folder.best)
     run.log.print(f"best.pt: {name}={value:.5g} at step {run.step}")
 
 
@@ -616,7 +635,6 @@ def keep_best(run: Run, metrics: dict[str, float]) -> None:
 
 
 def default_run_dir() -> Path:
-    from aigc_cli.paths import outputs_root
 
     return outputs_root() / time.strftime("%Y-%m-%d/%H-%M-%S")
 

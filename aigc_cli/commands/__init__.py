@@ -1,0 +1,1 @@
+"""The commands (train, sweep, sample, eval, export, list): each composes, builds and runs."""

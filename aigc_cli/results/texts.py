@@ -1,0 +1,33 @@
+"""Texts: a list of strings, written as one .txt file, samples separated by a rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aigc_cli.atomic import write_text
+from aigc_cli.results.base import Board, SampleResult
+
+SEPARATOR = "\n\n---\n\n"
+
+
+@dataclass(kw_only=True)
+class Texts(SampleResult):
+    texts: list[str] = field(default_factory=list)
+
+    suffix = ".txt"
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def joined(self) -> str:
+        return SEPARATOR.join(self.texts)
+
+    def write(self, stem: Path) -> Path:
+        path = Path(f"{stem}{self.suffix}")
+        write_text(path, self.joined() + "\n")
+        return path
+
+    def log(self, board: Board, tag: str, step: int) -> None:
+        super().log(board, tag, step)
+        board.text(tag, self.joined(), step)

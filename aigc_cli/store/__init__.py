@@ -1,0 +1,1 @@
+"""What lives on disk: the run folder, checkpoints, exports (safetensors, ONNX), finding runs."""
