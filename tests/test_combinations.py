@@ -254,14 +254,15 @@ class Toy(GenerativeModel):
 
     def training_step(self, batch, step, noise=None):
         loss = ((batch[0] - self.mean) ** 2).sum(1).mean()
-        yield Stage("model", loss, {"loss": loss.detach()})
+        yield Stage("model", loss, {})  # the loop logs model/loss by itself
 
     def evaluate(self, batch, **options):
         x = batch[0]
         return {"mse": ((x - self.mean) ** 2).sum(), "n": torch.tensor(float(x.shape[0]))}
 
     def sample(self, n, *, generator=None, **kw):
-        return self.mean.detach() + torch.randn(n, self.mean.numel(), generator=generator)
+        x = self.mean.detach() + torch.randn(n, self.mean.numel(), generator=generator)
+        return self.as_result(x)  # Points, for point data
 '''
 
 

@@ -93,7 +93,7 @@ def test_packed_discriminator_gives_one_logit_per_pack(kind):
     model = GAN(cfg, spec)
     result = model.sample(12)
     x = result.images if spec.kind == "image" else result.points
-    assert model.discriminator(model._to_model(x)).shape == (3,)
+    assert model.discriminator(model.to_signed(x)).shape == (3,)
     stages = list(model.training_step((x, torch.zeros(12)), 0))
     assert [s.opt_name for s in stages] == ["disc", "gen"]
     assert all(torch.isfinite(s.loss) for s in stages)

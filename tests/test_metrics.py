@@ -14,6 +14,7 @@ from aigc_cli.data.base import DataSpec
 from aigc_cli.errors import CheckpointError, ConfigError
 from aigc_cli.metrics import stats
 from aigc_cli.models.base import GenerativeModel
+from aigc_cli.results import Images
 
 from .conftest import event_tags, tiny_overrides
 
@@ -236,10 +237,10 @@ class _StandIn:
     def __init__(self, images: torch.Tensor) -> None:
         self.images, self.pos = images, 0
 
-    def sample(self, n: int, generator=None) -> torch.Tensor:
+    def sample(self, n: int, generator=None) -> Images:
         out = self.images[self.pos : self.pos + n]
         self.pos += n
-        return out
+        return Images(images=out)
 
 
 def test_sample_metrics_rank_real_above_degraded_above_noise(make_cfg, monkeypatch):

@@ -1,6 +1,7 @@
 import torch
 
 from aigc_cli.data.synthetic import GaussiansConfig, ShapesConfig, gaussians, mode_metrics, shapes
+from aigc_cli.results import Points
 
 
 def test_shapes_deterministic_and_well_formed():
@@ -53,10 +54,10 @@ def test_gaussians_layout_and_metrics():
     assert ring.spec.kind == "points" and ring.train[0].shape == (2000, 2)
     radius = ring.train[0].norm(dim=1)
     assert abs(radius.mean().item() - 2.0) < 0.05
-    perfect = ring.sample_metrics(ring.test[0])
+    perfect = ring.sample_metrics(Points(points=ring.test[0]))
     assert perfect["modes_covered"] == 8 and perfect["high_quality"] > 0.98
     collapsed = ring.centres[:1].repeat(400, 1)
-    m = ring.sample_metrics(collapsed)
+    m = ring.sample_metrics(Points(points=collapsed))
     assert m["modes_covered"] == 1 and m["high_quality"] == 1.0
     noise = mode_metrics(torch.randn(400, 2) * 5, ring.centres, ring.std)
     assert noise["high_quality"] < 0.1

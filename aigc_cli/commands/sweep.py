@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aigc_cli.atomic import write_json, write_text
 from aigc_cli.console import console
-from aigc_cli.errors import AigcError, ConfigError
+from aigc_cli.errors import AigcError, ConfigError, UserExit
 from aigc_cli.store.paths import outputs_root
 from aigc_cli.store.rundir import RunDir
 
@@ -207,4 +207,8 @@ class SweepSummary(Callback):
         write_json(sweep_dir / SUMMARY, rows)
         failed = sum(r["status"] != "completed" for r in rows)
         if failed:
-            raise SweepFailed(f"{failed} job(s) of the sweep did not complete (table above)")
+            # Hydra turns a callback's Exception into a warning; a UserExit passes through to
+            # the command line, which says it in one line and exits 1.
+            raise UserExit(
+                SweepFailed(f"{failed} job(s) of the sweep did not complete (table above)")
+            )

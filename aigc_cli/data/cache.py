@@ -1,8 +1,8 @@
 """A disk cache for built-in datasets that are pure functions of their config (the rendered
-shapes): the first run renders and stores them, later runs read the tensors back (about 20x
-faster), so `aigc train` reaches its first step sooner. Files are safetensors (no code runs on
-load) under $AIGC_CACHE or ~/.cache/aigc, written atomically; a damaged or unwritable cache
-only costs the rendering. AIGC_CACHE=off disables it."""
+shapes): the first run renders and stores them, later runs read the tensors back (far
+faster than rendering), so `aigc train` reaches its first step sooner. Files are safetensors
+(no code runs on load) under $AIGC_CACHE or ~/.cache/aigc, written atomically; a damaged or
+unwritable cache only costs the rendering. AIGC_CACHE=off disables it."""
 
 from __future__ import annotations
 

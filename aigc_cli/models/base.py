@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from aigc_cli.config import OptimConfig
+from aigc_cli.config import OptimConfig, check
 from aigc_cli.data.base import Batch, BatchIterator, DataModule, DataSpec
 from aigc_cli.errors import ConfigError
 from aigc_cli.noise import LOCAL, Noise
@@ -150,6 +150,14 @@ class GenerativeModel(TrainedModel):
         """Extra image grids to log at each sample interval (e.g. reconstructions)."""
         return {}
 
+    def to_signed(self, x: Tensor) -> Tensor:
+        """Images from [0, 1] to the [-1, 1] the networks work in; other data as it is."""
+        return x.float() * 2 - 1 if self.spec.kind == "image" else x.float()
+
+    def from_signed(self, x: Tensor) -> Tensor:
+        """The networks' [-1, 1] back to images in [0, 1]; other data as it is."""
+        return ((x + 1) / 2).clamp(0, 1) if self.spec.kind == "image" else x
+
     def as_result(
         self, x: Tensor, nrow: int = 0, sampler: str = "", nfe: int | None = None
     ) -> Images | Points:
@@ -189,6 +197,14 @@ class Interpolates:
         self, n: int, *, generator: torch.Generator | None = None, steps: int = 8
     ) -> Images:
         raise NotImplementedError
+
+
+def conditional_classes(conditional: bool, data: DataSpec) -> int:
+    """The classes a `model.conditional` family conditions on (0 = unconditional)."""
+    if conditional:
+        check(data.num_classes > 0, "model.conditional",
+              "the dataset has no labels; use model.conditional=false")  # fmt: skip
+    return data.num_classes if conditional else 0
 
 
 def class_rows(

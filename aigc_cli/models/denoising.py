@@ -5,6 +5,7 @@ between noise and data, its loss and its samplers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,13 @@ from torch import Tensor, nn
 from aigc_cli.config import check, validate
 from aigc_cli.data.base import Batch, BatchIterator, DataModule, DataSpec, TensorData
 from aigc_cli.errors import ConfigError
-from aigc_cli.models.base import GenerativeModel, HasSamplers, OnnxGraph, class_rows
+from aigc_cli.models.base import (
+    GenerativeModel,
+    HasSamplers,
+    OnnxGraph,
+    class_rows,
+    conditional_classes,
+)
 from aigc_cli.models.nets import PointDenoiser, UNet
 from aigc_cli.models.vae import VAE, decoder_graph
 from aigc_cli.noise import LOCAL, Noise
@@ -25,7 +32,7 @@ QUARTERS = 4  # test losses are reported per quarter of the time range, one draw
 
 @dataclass
 class DenoiserConfig:
-    base_channels: int = 32  # UNet channels at full resolution (doubled per level, up to 4x)
+    base_channels: int = 16  # UNet channels at full resolution (doubled per level, up to 4x)
     attention: bool = True  # self-attention at the UNet's lowest resolution
     dropout: float = 0.1  # dropout inside the residual blocks
     hidden: int = 256  # width of the MLP for 2-D points
@@ -54,10 +61,7 @@ class DenoisingModel(GenerativeModel, HasSamplers):
         check(cfg.steps >= 1, "model.steps", f"{cfg.steps} must be >= 1")
         check(cfg.sampler in self.samplers, "model.sampler",
               f"'{cfg.sampler}'; choose from: {', '.join(self.samplers)}")  # fmt: skip
-        if cfg.conditional:
-            check(data.num_classes > 0, "model.conditional",
-                  "the dataset has no labels; use model.conditional=false")  # fmt: skip
-        self.num_classes = data.num_classes if cfg.conditional else 0
+        self.num_classes = conditional_classes(cfg.conditional, data)
         self.vae = None
         self.latent_shape = list(data.shape)
         if cfg.autoencoder or cfg.autoencoder_config:
@@ -106,12 +110,12 @@ class DenoisingModel(GenerativeModel, HasSamplers):
                 return x.float()
             with torch.no_grad():
                 return self.vae.encode(x)[0].float()  # the posterior mean, (B, latent)
-        return x.float() * 2 - 1 if self.spec.kind == "image" else x.float()
+        return self.to_signed(x)
 
     def from_model(self, x: Tensor) -> Tensor:
         if self.vae is not None:
             return self.vae.mean_image(x).clamp(0, 1)
-        return ((x + 1) / 2).clamp(0, 1) if self.spec.kind == "image" else x
+        return self.from_signed(x)
 
     def train_labels(self, batch: Batch, noise: Noise = LOCAL) -> Tensor | None:
         """The batch's labels with a `cond_drop` share replaced by the "no label" index."""
@@ -136,6 +140,19 @@ class DenoisingModel(GenerativeModel, HasSamplers):
     def evals_per_call(self, y: Tensor | None, guidance: float) -> int:
         """Network evaluations per denoising call (guidance needs two, batched together)."""
         return 2 if y is not None and guidance not in (0.0, 1.0) else 1
+
+    def quarter_losses(
+        self, x: Tensor, y: Tensor | None, draw_times: Callable[[int, int], Tensor]
+    ) -> dict[str, Tensor]:
+        """Summed test loss in each quarter of the time range (`draw_times(q, b)` draws b times
+        in quarter q), their mean as "loss", and "n": what evaluate reports for both families."""
+        b = x.shape[0]
+        out: dict[str, Tensor] = {"n": torch.tensor(float(b), device=x.device)}
+        for q in range(QUARTERS):
+            t = draw_times(q, b)
+            out[f"loss_q{q + 1}"] = self.per_sample_loss(x, t, torch.randn_like(x), y).sum()
+        out["loss"] = sum(out[f"loss_q{q + 1}"] for q in range(QUARTERS)) / QUARTERS
+        return out
 
     def sample_labels(self, n: int, classes: list[int] | None) -> tuple[int, Tensor | None, int]:
         """Labels for `n` samples: one grid row per class (of `classes`, default all)."""

@@ -95,8 +95,8 @@ class Diffusion(DenoisingModel):
     class Config(DenoiserConfig):
         name: str = "diffusion"
         timesteps: int = 1000  # T, the number of noise levels
-        schedule: str = "linear"  # linear | cosine
-        prediction: str = "eps"  # eps | v | x0: what the network predicts
+        schedule: str = "cosine"  # linear | cosine
+        prediction: str = "v"  # eps | v | x0: what the network predicts
         loss_weight: str = "mse"  # mse (plain) | min_snr (min-SNR-γ weighting)
         min_snr_gamma: float = 5.0  # γ of min_snr
         sampler: str = "ddim"  # ddim | ddpm (ancestral, T steps)
@@ -151,13 +151,11 @@ class Diffusion(DenoisingModel):
         x0 = self.to_model(batch[0])
         y = batch[1].long() if self.num_classes else None
         b, T = x0.shape[0], self.sched.T
-        out: dict[str, Tensor] = {"n": torch.tensor(float(b), device=x0.device)}
-        for q in range(QUARTERS):
-            lo, hi = q * T // QUARTERS, (q + 1) * T // QUARTERS
-            t = torch.randint(lo, hi, (b,), device=x0.device)
-            eps = torch.randn_like(x0)
-            out[f"loss_q{q + 1}"] = self.per_sample_loss(x0, t, eps, y).sum()
-        out["loss"] = sum(out[f"loss_q{q + 1}"] for q in range(QUARTERS)) / QUARTERS
+
+        def quarter(q: int, n: int) -> Tensor:  # timesteps in [qT/4, (q+1)T/4)
+            return torch.randint(q * T // QUARTERS, (q + 1) * T // QUARTERS, (n,), device=x0.device)
+
+        out = self.quarter_losses(x0, y, quarter)
         if self.vae is not None:
             return out  # a bound on latents would be no bound on the images
         # The decoder term (t = 0) exactly; the T - 1 KL terms, which fall off about as 1/t,

@@ -66,13 +66,11 @@ class Flow(DenoisingModel):
         """The velocity loss on held-out data, one time per quarter of [0, 1] per sample."""
         x1 = self.to_model(batch[0])
         y = batch[1].long() if self.num_classes else None
-        b = x1.shape[0]
-        out: dict[str, Tensor] = {"n": torch.tensor(float(b), device=x1.device)}
-        for q in range(QUARTERS):
-            t = (q + torch.rand(b, device=x1.device)) / QUARTERS
-            out[f"loss_q{q + 1}"] = self.per_sample_loss(x1, t, torch.randn_like(x1), y).sum()
-        out["loss"] = sum(out[f"loss_q{q + 1}"] for q in range(QUARTERS)) / QUARTERS
-        return out
+
+        def quarter(q: int, n: int) -> Tensor:  # times uniform in [q/4, (q+1)/4)
+            return (q + torch.rand(n, device=x1.device)) / QUARTERS
+
+        return self.quarter_losses(x1, y, quarter)
 
     def describe_metrics(self, options: dict[str, Any]) -> dict[str, str]:
         notes = {"loss": "velocity MSE on test data, averaged over the quarters of t in [0, 1]"}

@@ -18,45 +18,22 @@ from torch.optim import Optimizer
 
 from aigc_cli.config import OptimConfig, check
 from aigc_cli.data.base import Batch, DataSpec
-from aigc_cli.models.base import GenerativeModel, Interpolates, OnnxGraph, Stage, class_rows
+from aigc_cli.models.base import (
+    GenerativeModel,
+    Interpolates,
+    OnnxGraph,
+    Stage,
+    class_rows,
+    conditional_classes,
+)
 from aigc_cli.models.latent import slerp_rows
-from aigc_cli.models.nets import conv_levels, level_channels, mlp
+from aigc_cli.models.nets import ConvDecoder, conv_levels, level_channels, mlp
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
 from aigc_cli.registry import MODELS
 from aigc_cli.results import Images
 
 LOSSES = ("non_saturating", "hinge", "wgan_gp")
-
-
-class ConvGenerator(nn.Module):
-    """z (+ class embedding) → (B, C, S, S) in [-1, 1]; upsampling from the D's final size."""
-
-    def __init__(self, z_dim: int, out_ch: int, size: int, base: int, cap: int) -> None:
-        super().__init__()
-        levels, self.start = conv_levels(size)
-        ch = level_channels(base, levels, cap)[::-1]
-        self.size, self.ch0 = size, ch[0]
-        self.fc = nn.Sequential(
-            nn.Linear(z_dim, ch[0] * self.start**2),
-            nn.BatchNorm1d(ch[0] * self.start**2),
-            nn.ReLU(),
-        )
-        layers: list[nn.Module] = []
-        for i in range(levels):
-            layers += [
-                nn.ConvTranspose2d(ch[i], ch[i + 1], 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ch[i + 1]),
-                nn.ReLU(),
-            ]
-        layers += [nn.Conv2d(ch[-1], out_ch, 3, padding=1), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, z: Tensor) -> Tensor:
-        h = self.fc(z).view(-1, self.ch0, self.start, self.start)  # (B, ch0, s0, s0)
-        out = self.net(h)  # (B, C, s0 * 2^levels, same)
-        off = (out.shape[-1] - self.size) // 2
-        return out[..., off : off + self.size, off : off + self.size]
 
 
 class ConvDiscriminator(nn.Module):
@@ -187,14 +164,7 @@ class GAN(GenerativeModel, Interpolates):
             "model.pack",
             "packing mixes classes in one D input; use model.pack=1 with model.conditional=true",
         )
-        if cfg.conditional:
-            check(
-                data.num_classes > 0,
-                "model.conditional",
-                "the dataset has no labels; use model.conditional=false",
-            )
-        classes = data.num_classes if cfg.conditional else 0
-        self.num_classes = classes
+        classes = self.num_classes = conditional_classes(cfg.conditional, data)
         z_in = cfg.latent_dim * (2 if classes else 1)
         if data.kind == "points":
             dim = data.shape[0]
@@ -211,7 +181,7 @@ class GAN(GenerativeModel, Interpolates):
         else:
             c, h, w = data.shape
             check(h == w, "dataset.image_size", f"{h}x{w}: the GAN needs square images")
-            g_body = ConvGenerator(z_in, c, h, cfg.g_channels, cfg.max_channels)
+            g_body = ConvDecoder(z_in, c, h, cfg.g_channels, cfg.max_channels, dcgan=True)
             d_feats = ConvDiscriminator(
                 c * cfg.pack, h, cfg.d_channels, cfg.max_channels, cfg.spectral_norm
             )
@@ -220,12 +190,6 @@ class GAN(GenerativeModel, Interpolates):
         self.discriminator = Discriminator(feats, feat_dim, classes, cfg.spectral_norm, cfg.pack)
 
     # ---- data scaling: images live in [0, 1] outside, [-1, 1] inside (tanh output) --------
-    def _to_model(self, x: Tensor) -> Tensor:
-        return x * 2 - 1 if self.spec.kind == "image" else x
-
-    def _from_model(self, x: Tensor) -> Tensor:
-        return ((x + 1) / 2).clamp(0, 1) if self.spec.kind == "image" else x
-
     def _labels(self, batch: Batch) -> Tensor | None:
         return batch[1].long() if self.num_classes else None
 
@@ -279,7 +243,7 @@ class GAN(GenerativeModel, Interpolates):
         return -d_fake.mean()
 
     def training_step(self, batch: Batch, step: int, noise: Noise = LOCAL) -> Iterator[Stage]:
-        real = self._to_model(batch[0])
+        real = self.to_signed(batch[0])
         y = self._labels(batch)
         z = noise.randn_like(real.new_empty(real.shape[0], self.cfg.latent_dim))
         fake = self.generator(z, y)
@@ -293,7 +257,7 @@ class GAN(GenerativeModel, Interpolates):
     @torch.no_grad()
     def evaluate(self, batch: Batch, **options: Any) -> dict[str, Tensor]:
         """D's view of held-out real data vs fresh fakes (GAN quality is judged on samples)."""
-        real = self._to_model(batch[0])
+        real = self.to_signed(batch[0])
         y = self._labels(batch)
         z = torch.randn(real.shape[0], self.cfg.latent_dim, device=real.device)
         fake = self.generator(z, y)
@@ -314,7 +278,7 @@ class GAN(GenerativeModel, Interpolates):
         all), n // len(classes) samples each."""
         n, y, nrow = class_rows(self.num_classes, n, classes, self.device)
         z = torch.randn(n, self.cfg.latent_dim, generator=generator).to(self.device)
-        return self.as_result(self._from_model(self.generator(z, y).float()), nrow)
+        return self.as_result(self.from_signed(self.generator(z, y).float()), nrow)
 
     def onnx_graphs(self) -> list[OnnxGraph]:
         dim, k = self.cfg.latent_dim, self.num_classes
@@ -341,7 +305,7 @@ class GAN(GenerativeModel, Interpolates):
         if self.num_classes:
             y = torch.randint(0, self.num_classes, (rows,), generator=generator)
             y = y.repeat_interleave(steps).to(self.device)
-        return self.as_result(self._from_model(self.generator(z, y).float()), steps)
+        return self.as_result(self.from_signed(self.generator(z, y).float()), steps)
 
 
 class _Generate(nn.Module):
@@ -350,4 +314,4 @@ class _Generate(nn.Module):
         self.gan = gan
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.gan._from_model(self.gan.generator(z, y).float())
+        return self.gan.from_signed(self.gan.generator(z, y).float())

@@ -43,19 +43,36 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """(B, in_dim) → (B, C, S, S): upsample from the encoder's final size, crop to S."""
+    """(B, in_dim) → (B, C, S, S): upsample from the encoder's final size, crop to S.
 
-    def __init__(self, in_dim: int, out_ch: int, image_size: int, base: int, cap: int) -> None:
+    `dcgan=True` is DCGAN's generator (Radford et al. 2016): BatchNorm and ReLU after the
+    projection and every upsampling (whose bias the norm makes redundant), tanh out, so the
+    output is in [-1, 1]. Otherwise SiLU between layers and a linear output (the VAE's)."""
+
+    def __init__(
+        self, in_dim: int, out_ch: int, image_size: int, base: int, cap: int, dcgan: bool = False
+    ) -> None:
         super().__init__()
         levels, self.start = conv_levels(image_size)
         ch = level_channels(base, levels, cap)[::-1]
         self.image_size = image_size
         self.ch0 = ch[0]
-        self.fc = nn.Linear(in_dim, ch[0] * self.start**2)
-        layers: list[nn.Module] = [nn.SiLU()]
-        for i in range(levels):
-            layers += [nn.ConvTranspose2d(ch[i], ch[i + 1], 4, stride=2, padding=1), nn.SiLU()]
-        layers.append(nn.Conv2d(ch[-1], out_ch, 3, padding=1))
+        width = ch[0] * self.start**2
+        layers: list[nn.Module] = []
+        if dcgan:
+            self.fc: nn.Module = nn.Sequential(
+                nn.Linear(in_dim, width), nn.BatchNorm1d(width), nn.ReLU()
+            )
+            for i in range(levels):
+                layers += [nn.ConvTranspose2d(ch[i], ch[i + 1], 4, 2, 1, bias=False),
+                           nn.BatchNorm2d(ch[i + 1]), nn.ReLU()]  # fmt: skip
+            layers += [nn.Conv2d(ch[-1], out_ch, 3, padding=1), nn.Tanh()]
+        else:
+            self.fc = nn.Linear(in_dim, width)
+            layers.append(nn.SiLU())
+            for i in range(levels):
+                layers += [nn.ConvTranspose2d(ch[i], ch[i + 1], 4, stride=2, padding=1), nn.SiLU()]
+            layers.append(nn.Conv2d(ch[-1], out_ch, 3, padding=1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:

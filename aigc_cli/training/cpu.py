@@ -19,9 +19,9 @@ def keep_freed_memory() -> bool:
 
     By default glibc serves large blocks (an activation of a conv layer is megabytes) with
     mmap and gives them back on free, so every training step faults the same pages in again;
-    on virtual machines a page fault is expensive and this costs up to half of a CPU step
-    (what the PyTorch CPU tuning guide fixes with jemalloc/tcmalloc). Returns whether the
-    setting took effect (False off glibc, e.g. macOS or musl)."""
+    on virtual machines a page fault is expensive and that can dominate a CPU step
+    (docs/performance.md; what the PyTorch CPU tuning guide fixes with jemalloc/tcmalloc).
+    Returns whether the setting took effect (False off glibc, e.g. macOS or musl)."""
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -158,7 +158,7 @@ class RunLogger:
             TimeRemainingColumn(),
             console=console,
             # Redrawn from the training thread in advance(), not by rich's refresh thread: that
-            # thread competes with the step for the GIL and cost about 3-5% of throughput.
+            # thread competes with the step for the GIL (docs/performance.md).
             auto_refresh=False,
         )
         self._last_draw = 0.0
@@ -171,8 +171,8 @@ class RunLogger:
         if self._progress is not None:
             self._progress.update(self._task, completed=completed, **fields)
             now = time.monotonic()
-            # At most 2 redraws a second: one costs about 3 ms in a terminal, on the training
-            # thread, so at rich's default 10 a second the bar alone would take 3% of the time.
+            # At most 2 redraws a second: each redraw runs on the training thread, and rich's
+            # default rate of 10 a second shows in the step time (docs/performance.md).
             if fields or now - self._last_draw >= 0.5:
                 self._progress.refresh()
                 self._last_draw = now

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from aigc_cli.config import TrainerConfig
-from aigc_cli.results import Images, Points, Texts
+from aigc_cli.errors import ConfigError
+from aigc_cli.results import Images, Points, SampleResult, Texts
 from aigc_cli.results.images import to_grid
 from aigc_cli.store.rundir import RunDir
 from aigc_cli.training.logger import RunLogger
@@ -26,6 +27,13 @@ def log_samples(
         result = model.sample(2, generator=g, max_new_tokens=TEXT_TOKENS)
     else:
         result = model.sample(t.num_samples, generator=g)
+    if not isinstance(result, SampleResult):
+        raise ConfigError(
+            f"model '{model.cfg.name}': sample() returned a {type(result).__name__}, not a "
+            "sample result",
+            hint="return self.as_result(x) or a results.Images/Points/Texts "
+            "(docs/contributing.md: the model interface)",
+        )
     if isinstance(result, Points):  # the real points beneath, for comparison
         result.real = data.test[0][: t.num_samples * 4]
     if isinstance(result, Images) and not result.nrow:
