@@ -1,9 +1,9 @@
-"""Tiny CPU configs composed through Hydra exactly as the CLI composes them."""
+"""Fixtures: tiny CPU configs composed through Hydra exactly as the CLI composes them, `aigc`
+run in this process, the dataset cache and CI's time budget. Shared helpers: helpers.py."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -13,40 +13,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-# Small enough that a whole run takes a second or two on a laptop CPU.
-TINY = [
-    "trainer.max_steps=6",
-    "trainer.batch_size=8",
-    "trainer.log_every=2",
-    "trainer.eval_every=3",
-    "trainer.sample_every=3",
-    "trainer.ckpt_every=3",
-    "trainer.num_samples=8",
-    "trainer.progress=false",
-    "trainer.device=cpu",
-    "trainer.eval_samples=200",
-]
-TINY_DATA = {
-    "shapes": ["dataset.train_size=64", "dataset.test_size=16"],
-    "gaussians": ["dataset.train_size=256", "dataset.test_size=64"],
-}
-TINY_MODEL = {
-    "vae": ["model.latent_dim=4", "model.base_channels=8", "model.max_channels=16"],
-    "classifier": ["model.base_channels=8", "model.max_channels=16", "model.feature_dim=32"],
-}
-
-
-def tiny_overrides(model: str = "vae", dataset: str = "shapes") -> list[str]:
-    return [
-        f"model={model}",
-        f"dataset={dataset}",
-        *TINY,
-        *TINY_DATA.get(dataset, []),
-        *TINY_MODEL.get(model, []),
-    ]
+from .helpers import tiny_overrides
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -82,40 +49,6 @@ def make_cfg() -> Callable[..., DictConfig]:
             return compose(config, overrides=[*base, *overrides])
 
     return _make
-
-
-def run_cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 1800
-) -> subprocess.CompletedProcess[str]:
-    """`python -m aigc_cli ...` in a subprocess, as a user runs it."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    if env and "HYDRA_FULL_ERROR" in env:
-        full_env["HYDRA_FULL_ERROR"] = env["HYDRA_FULL_ERROR"]
-    return subprocess.run(
-        [sys.executable, "-m", "aigc_cli", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-def event_tags(run_dir: Path) -> dict[str, list[str]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "tensors": 0})
-    acc.Reload()
-    return acc.Tags()
 
 
 @pytest.fixture

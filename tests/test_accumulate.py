@@ -13,7 +13,7 @@ from aigc_cli.store.checkpoint import load_checkpoint
 from aigc_cli.training import step as step_module
 from aigc_cli.training.loop import train
 
-from .test_matrix import KIND_DATA, SMALL
+from .helpers import KIND_DATA, SMALL
 
 CASES = [("gan", "points"), ("diffusion", "points"), ("flow", "points"), ("vae", "image"),
          ("transformer", "image"), ("diffusion", "image"), ("classifier", "image")]  # fmt: skip

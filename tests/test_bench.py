@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from .conftest import REPO, tiny_overrides
+from .helpers import REPO, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_compare_times_both_loops_on_a_real_run(bench):
 def test_step_flops_of_an_mlp_vae_match_a_hand_count(bench):
     """A linear layer's forward is 2·B·in·out FLOPs and its backward twice that (input and
     weight gradients), less the input gradient of the first layer (the data needs none)."""
-    from .conftest import tiny_overrides as tiny
+    from .helpers import tiny_overrides as tiny
 
     cfg = bench.compose_cfg([*tiny(), "model.arch=mlp", "model.hidden=32", "model.latent_dim=4",
                              "dataset.image_size=16", "dataset.channels=1"])  # fmt: skip

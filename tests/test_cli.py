@@ -9,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from .conftest import event_tags, run_cli, tiny_overrides
+from .helpers import event_tags, run_cli, tiny_overrides
 
 
 def _run_dirs(root: Path) -> list[Path]:
@@ -249,7 +249,7 @@ def test_resume_errors(run_main, tiny_run):
 def test_one_outputs_root_for_runs_and_every_lookup(run_main, tmp_path, monkeypatch):
     """paths.outputs (or AIGC_OUTPUTS) is where runs go and where run=, resume=latest and
     the classifier are looked for; an outputs root that cannot be made is one line."""
-    from .conftest import tiny_overrides
+    from .helpers import tiny_overrides
 
     code, _, err = run_main("train", *tiny_overrides("classifier"), "paths.outputs=elsewhere")
     assert code == 0, err

@@ -12,8 +12,7 @@ import torch
 from aigc_cli.store.checkpoint import load_checkpoint
 from aigc_cli.training.loop import train
 
-from .conftest import REPO, read_scalars, run_cli, tiny_overrides
-from .test_matrix import Recorder, _two_ranks
+from .helpers import REPO, Recorder, read_scalars, run_cli, tiny_overrides, two_ranks
 
 GAN_SMALL = ["model.g_channels=8", "model.d_channels=8", "model.latent_dim=8"]
 
@@ -127,7 +126,7 @@ def test_two_ranks_equal_one_process_with_batchnorm(make_cfg, tmp_path):
     cfg = make_cfg(*GAN_SMALL, "trainer.max_steps=4", "trainer.eval_every=0",
                    "trainer.sample_every=0", "trainer.ckpt_every=0", model="gan")  # fmt: skip
     train(cfg, run_dir=tmp_path / "one")
-    _two_ranks(cfg, tmp_path / "two")
+    two_ranks(cfg, tmp_path / "two")
     a, b = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt") for d in ("one", "two"))
     for k, v in a["model_state"].items():
         assert torch.allclose(v.float(), b["model_state"][k].float(), atol=2e-5), (

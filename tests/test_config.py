@@ -4,7 +4,7 @@ from aigc_cli.build import build_data, build_model
 from aigc_cli.config import OptimConfig, TrainerConfig, validate, validate_optim, validate_trainer
 from aigc_cli.errors import ConfigError
 
-from .conftest import REPO
+from .helpers import REPO
 
 
 def test_yaml_defaults_match_schemas(make_cfg):

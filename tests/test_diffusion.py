@@ -186,7 +186,7 @@ def test_conditional_grid_has_one_row_per_class():
 def test_training_loss_falls_on_shapes(make_cfg, tmp_path, family):
     from aigc_cli.training.loop import train
 
-    from .conftest import read_scalars
+    from .helpers import read_scalars
 
     cfg = make_cfg("model.base_channels=8", "trainer.max_steps=40", "trainer.log_every=10",
                    "trainer.batch_size=16", "dataset.image_size=16", "optim.warmup_steps=0",

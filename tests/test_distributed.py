@@ -16,7 +16,7 @@ from aigc_cli.data.base import DataSpec, TensorData
 from aigc_cli.distributed import ShardedBatches, World
 from aigc_cli.errors import ConfigError
 
-from .conftest import tiny_overrides
+from .helpers import checkpoint, tiny_overrides, two_ranks
 
 STEPS = [
     "trainer.max_steps=4",
@@ -108,51 +108,20 @@ def _train_cli(args: list[str], cwd: Path, nproc: int) -> subprocess.CompletedPr
     )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _forked_rank(rank: int, port: int, cfg, run_dir: Path) -> None:
-    """One rank in a forked child: the env torchrun would give it, then the library's train()."""
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )  # fmt: skip
-    torch.set_num_threads(1)  # as DataLoader workers do after a fork
-    from aigc_cli.training.loop import train
-
-    train(cfg, run_dir=run_dir)
-
-
 def test_two_forked_ranks_match_one_process(make_cfg, tmp_path):
     """Two gloo ranks × 4 samples against one process × 8 samples, in forked children so that
     no new interpreter imports torch: same weights, data position and pooled test metrics, and
     rank 0 alone writes. (test_two_ranks_match_one_process does the same through torchrun.)"""
     import json
-    import multiprocessing
 
-    from aigc_cli.store.checkpoint import load_checkpoint
     from aigc_cli.training.loop import train
 
     cfg = make_cfg(*STEPS)
     one, two = tmp_path / "one", tmp_path / "two"
-    ctx, port = multiprocessing.get_context("fork"), _free_port()
-    procs = [ctx.Process(target=_forked_rank, args=(r, port, cfg, two)) for r in (0, 1)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(timeout=900)
-    for proc in procs:
-        if proc.is_alive():
-            proc.kill()
-    assert [proc.exitcode for proc in procs] == [0, 0]
+    two_ranks(cfg, two)
     train(cfg, run_dir=one)
 
-    a, b = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (one, two))
+    a, b = checkpoint(one), checkpoint(two)
     assert a["step"] == b["step"] == 4 and a["data_state"] == b["data_state"]
     for k, v in a["model_state"].items():
         assert torch.allclose(v, b["model_state"][k], atol=1e-5, rtol=1e-4), k

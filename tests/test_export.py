@@ -16,8 +16,7 @@ from aigc_cli.errors import AigcError, ConfigError
 from aigc_cli.store.checkpoint import load_checkpoint
 from aigc_cli.training.loop import train
 
-from .conftest import run_cli
-from .test_matrix import KIND_DATA, SMALL, model_kinds
+from .helpers import KIND_DATA, SMALL, model_kinds, run_cli
 
 FAMILIES = model_kinds()
 
@@ -215,7 +214,7 @@ def test_bad_exports_are_one_line_and_overwrite_nothing(make_cfg, tmp_path, monk
 
 @pytest.mark.slow
 def test_export_through_the_cli_samples_from_another_directory(tmp_path):
-    from .conftest import tiny_overrides
+    from .helpers import tiny_overrides
 
     r = run_cli("train", *tiny_overrides("transformer", "pydoc"), "dataset.block_size=16",
                 "model.n_layer=1", "model.n_embd=32", "model.n_head=2",

@@ -14,7 +14,7 @@ from aigc_cli.data.base import TensorData
 from aigc_cli.data.files import StreamingImages, load_image
 from aigc_cli.errors import DataError
 
-from .conftest import tiny_overrides
+from .helpers import tiny_overrides
 
 COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255)}
 

@@ -12,7 +12,7 @@ from aigc_cli.models.gan import GAN, gradient_penalty, pack_samples
 from aigc_cli.training.loop import train
 from aigc_cli.training.step import Optimization, apply_stage
 
-from .conftest import read_scalars
+from .helpers import read_scalars
 
 
 class LinearCritic(nn.Module):

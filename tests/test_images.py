@@ -11,7 +11,7 @@ import torch
 from aigc_cli.build import build_data
 from aigc_cli.errors import DataError
 
-from .conftest import SHARED_DATA
+from .helpers import SHARED_DATA
 
 
 def write_fake_mnist(root: Path, n_train: int = 64, n_test: int = 16) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from .conftest import run_cli, tiny_overrides
+from .helpers import run_cli, tiny_overrides
 
 LINE = re.compile(r"^step (\d+)/6 \| model/loss [0-9.e+-]+ \| \d+ samples/s \| elapsed "
                   r"\d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d$", re.M)  # fmt: skip

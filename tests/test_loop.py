@@ -7,7 +7,7 @@ import torch
 
 from aigc_cli.training.loop import train
 
-from .conftest import read_scalars
+from .helpers import read_scalars
 
 
 def test_grad_norm_logged_is_the_logged_steps_own(make_cfg, tmp_path):

@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import multiprocessing
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -25,36 +23,10 @@ from typing import Any
 import pytest
 import torch
 
-from aigc_cli.noise import LOCAL
 from aigc_cli.registry import MODELS
-from aigc_cli.store.checkpoint import load_checkpoint
 
-from .conftest import read_scalars
+from .helpers import KIND_DATA, SMALL, Recorder, checkpoint, model_kinds, read_scalars, two_ranks
 
-# The data each kind trains on here, kept tiny.
-KIND_DATA = {
-    "image": ("shapes", ["dataset.image_size=16", "dataset.channels=1"]),
-    "points": ("gaussians", []),
-    "text": ("pydoc", ["dataset.block_size=16"]),
-}
-# Small sizes of the families that have them; a family not listed trains at its defaults.
-SMALL = {
-    "diffusion": [
-        "model.base_channels=8",
-        "model.timesteps=50",
-        "model.steps=2",
-        "model.hidden=32",
-    ],
-    "flow": ["model.base_channels=8", "model.steps=2", "model.hidden=32"],
-    "gan": ["model.g_channels=8", "model.d_channels=8", "model.hidden=32", "model.latent_dim=8"],
-    "transformer": [
-        "model.n_layer=1",
-        "model.n_embd=32",
-        "model.n_head=2",
-        "model.levels=2",
-        "model.downscale=2",
-    ],
-}
 FACTORS: dict[str, list[Any]] = {
     "precision": ["32", "bf16", "16"],
     "compile": [False, True],
@@ -65,12 +37,6 @@ FACTORS: dict[str, list[Any]] = {
 }
 STEPS = 4
 BAD_STEP = 2  # the 0-based step whose last stage's loss is forced to NaN
-
-
-def model_kinds() -> list[tuple[str, str]]:
-    import aigc_cli.models  # noqa: F401  (registers every family)
-
-    return [(name, kind) for name in MODELS.names() for kind in MODELS.get(name).obj.data_kinds]
 
 
 def pairwise(factors: dict[str, list[Any]], seed: int = 0) -> list[dict[str, Any]]:
@@ -162,76 +128,6 @@ def _no_dropout(name: str, ranks: int) -> list[str]:
     return ["model.dropout=0"] if ranks == 2 and "dropout" in fields else []
 
 
-class Recorder:
-    """Wraps the family's training_step: records each stage's loss per step (the hand
-    reference for the logged means) and forces a NaN loss where the cell asks for one."""
-
-    def __init__(self, cls: type, nan_step: int | None, nan_rank: int | None = None) -> None:
-        self.losses: list[tuple[int, str, float]] = []
-        self.cls, self.original = cls, cls.training_step
-        recorder = self
-
-        def training_step(model, batch, step, noise=LOCAL):
-            bad = step == nan_step and (nan_rank is None or noise.rank == nan_rank)
-            # Stages are drawn one at a time (a GAN's G stage needs D's update first); the
-            # last stage is poisoned: a GAN's G, after D has stepped, or the only one.
-            for stage in recorder.original(model, batch, step, noise):
-                if bad and stage.opt_name != "disc":
-                    stage.loss = stage.loss * float("nan")
-                logged = stage.scalars.get("loss", stage.loss)
-                recorder.losses.append((step, stage.opt_name, float(logged.detach())))
-                yield stage
-
-        cls.training_step = training_step
-
-    def restore(self) -> None:
-        self.cls.training_step = self.original
-
-    def means(self, every: int, steps: int, skipped: set[int]) -> dict[str, dict[int, float]]:
-        """Hand-computed means of `<opt>/loss` over each logging window."""
-        out: dict[str, dict[int, float]] = {}
-        for end in range(every, steps + 1, every):
-            window = [
-                (o, v) for s, o, v in self.losses if end - every <= s < end and s not in skipped
-            ]
-            for opt in {o for o, _ in window}:
-                vals = [v for o, v in window if o == opt]
-                out.setdefault(f"{opt}/loss", {})[end] = sum(vals) / len(vals)
-        return out
-
-
-def _forked_rank(rank: int, port: int, cfg, run_dir: Path) -> None:
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )  # fmt: skip
-    torch.set_num_threads(1)
-    from aigc_cli.training.loop import train
-
-    train(cfg, run_dir=run_dir)
-
-
-def _two_ranks(cfg, run_dir: Path) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_forked_rank, args=(r, port, cfg, run_dir)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=600)
-        if p.is_alive():
-            p.kill()
-    assert [p.exitcode for p in procs] == [0, 0]
-
-
-def _state(run_dir: Path, name: str = "last") -> dict[str, Any]:
-    return load_checkpoint(run_dir / "checkpoints" / f"{name}.pt")
-
-
 def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return all(torch.equal(v, b[k]) for k, v in a.items())
 
@@ -263,7 +159,7 @@ def run_cell(cell: dict[str, Any], make_cfg, tmp_path: Path) -> None:
             part = tmp_path / "part"
             train(compose(make_cfg, cell, steps=STEPS // 2), run_dir=part)
             train(cfg, resume=part)
-            a, b = _state(full), _state(part)
+            a, b = checkpoint(full), checkpoint(part)
             assert a["step"] == b["step"] == STEPS
             assert _equal(a["model_state"], b["model_state"])
             if cell["ema"]:
@@ -272,8 +168,8 @@ def run_cell(cell: dict[str, Any], make_cfg, tmp_path: Path) -> None:
             rec.restore()  # the NaN now comes from rank 1 alone: rank 0 must skip with it
             rec = Recorder(cls, nan_step, nan_rank=1)
             two = tmp_path / "two"
-            _two_ranks(cfg, two)
-            a, b = _state(full), _state(two)
+            two_ranks(cfg, two)
+            a, b = checkpoint(full), checkpoint(two)
             # Half-precision sums over 4 samples and over 8 round differently.
             tol = 1e-4 if cell["precision"] == "32" else 2e-2
             for k, v in a["model_state"].items():
@@ -287,8 +183,8 @@ def run_cell(cell: dict[str, Any], make_cfg, tmp_path: Path) -> None:
 
 def _check_skip(run_dir: Path, logged: dict) -> None:
     """The step with the NaN loss changed nothing: step_N.pt before and after it agree."""
-    before = _state(run_dir, f"step_{BAD_STEP:07d}")
-    after = _state(run_dir, f"step_{BAD_STEP + 1:07d}")
+    before = checkpoint(run_dir, f"step_{BAD_STEP:07d}")
+    after = checkpoint(run_dir, f"step_{BAD_STEP + 1:07d}")
     assert _equal(before["model_state"], after["model_state"])
     if before["ema"]:
         assert _equal(before["ema"]["weights"], after["ema"]["weights"])

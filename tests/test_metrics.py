@@ -16,7 +16,7 @@ from aigc_cli.metrics import stats
 from aigc_cli.models.base import GenerativeModel
 from aigc_cli.results import Images
 
-from .conftest import event_tags, tiny_overrides
+from .helpers import event_tags, tiny_overrides
 
 
 def numpy_fid(a: np.ndarray, b: np.ndarray) -> float:

@@ -10,7 +10,7 @@ from aigc_cli.store.checkpoint import load_checkpoint
 from aigc_cli.training import precision
 from aigc_cli.training.loop import train
 
-from .conftest import read_scalars
+from .helpers import read_scalars
 
 
 def _model(make_cfg, *extra, model="transformer"):

@@ -4,7 +4,7 @@ import torch
 
 from aigc_cli.training.loop import train
 
-from .conftest import read_scalars
+from .helpers import read_scalars
 
 
 def test_resumed_run_matches_uninterrupted(make_cfg, tmp_path):

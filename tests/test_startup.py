@@ -12,7 +12,7 @@ import pytest
 from aigc_cli import startup
 from aigc_cli.cli import compose_once
 
-from .conftest import tiny_overrides
+from .helpers import tiny_overrides
 
 ONE_STEP = [*tiny_overrides(), "trainer.max_steps=1", "trainer.log_every=1"]
 GAN_STEP = [*tiny_overrides("gan", "gaussians"), "trainer.max_steps=1", "trainer.log_every=1"]

@@ -12,7 +12,7 @@ import yaml
 
 from aigc_cli.cli.app import describe_error
 
-from .conftest import run_cli, tiny_overrides
+from .helpers import run_cli, tiny_overrides
 
 
 def _records(sweep_dir):

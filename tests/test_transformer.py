@@ -16,7 +16,7 @@ from aigc_cli.errors import ConfigError, DataError
 from aigc_cli.models.transformer import Transformer, filter_logits
 from aigc_cli.training.loop import train
 
-from .conftest import read_scalars, run_cli
+from .helpers import read_scalars, run_cli
 
 
 def _model(vocab="abcdefgh\n", block=16, dropout=0.0):

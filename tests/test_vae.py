@@ -8,7 +8,7 @@ from aigc_cli.data.base import DataSpec
 from aigc_cli.models.vae import VAE
 from aigc_cli.training.loop import train
 
-from .conftest import read_scalars
+from .helpers import read_scalars
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64)])
@@ -116,7 +116,7 @@ def test_iwae_with_one_sample_is_the_elbo():
 def test_eval_reports_iwae_with_its_method(run_main, tmp_path):
     import json
 
-    from .conftest import tiny_overrides
+    from .helpers import tiny_overrides
 
     code, _, err = run_main("train", *tiny_overrides(), "hydra.run.dir=run")
     assert code == 0, err
