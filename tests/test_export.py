@@ -38,6 +38,11 @@ def _export(run, out, **options):
     return run_export({"run": str(run), "out": str(out), **options})
 
 
+def _payload(result):
+    """The samples of an image or point result, as one tensor."""
+    return result.images if hasattr(result, "images") else result.points
+
+
 def _same(a, b) -> bool:
     """Two sample results of one kind hold the same samples, drawn the same way."""
     import dataclasses
@@ -96,7 +101,7 @@ def test_onnx_graphs_reproduce_pytorch_sampling(mk, make_cfg, tmp_path):
         _check_kv_decoding(model, sessions)
     elif name in ("vae", "gan"):
         graph = "decoder.onnx" if name == "vae" else "generator.onnx"
-        expected = model.sample(6, generator=torch.Generator().manual_seed(0)).images
+        expected = _payload(model.sample(6, generator=torch.Generator().manual_seed(0)))
         feed = {"z": torch.randn(expected.shape[0], model.cfg.latent_dim, generator=z).numpy()}
         if getattr(model, "num_classes", 0):
             feed["y"] = torch.arange(model.num_classes).repeat_interleave(
@@ -104,9 +109,9 @@ def test_onnx_graphs_reproduce_pytorch_sampling(mk, make_cfg, tmp_path):
         got = torch.from_numpy(sessions[graph].run(None, feed)[0])
         assert torch.allclose(got, expected, atol=1e-5)
     elif name in ("diffusion", "flow"):
-        expected = model.sample(6, generator=torch.Generator().manual_seed(0), steps=3).images
+        expected = _payload(model.sample(6, generator=torch.Generator().manual_seed(0), steps=3))
         model.net = _OrtNet(sessions["denoiser.onnx"], model)
-        got = model.sample(6, generator=torch.Generator().manual_seed(0), steps=3).images
+        got = _payload(model.sample(6, generator=torch.Generator().manual_seed(0), steps=3))
         assert torch.allclose(got, expected, atol=1e-4)
     else:
         x = torch.rand(4, *model.spec.shape)
