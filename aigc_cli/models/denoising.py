@@ -5,7 +5,7 @@ between noise and data, its loss and its samplers."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from aigc_cli.models.base import (
     GenerativeModel,
     HasSamplers,
     OnnxGraph,
+    Stage,
     class_rows,
     conditional_classes,
 )
@@ -116,6 +117,17 @@ class DenoisingModel(GenerativeModel, HasSamplers):
         if self.vae is not None:
             return self.vae.mean_image(x).clamp(0, 1)
         return self.from_signed(x)
+
+    def training_step(self, batch: Batch, step: int, noise: Noise = LOCAL) -> Iterator[Stage]:
+        x = self.to_model(batch[0])
+        t = self.train_times(x, noise)
+        loss = self.per_sample_loss(x, t, noise.randn_like(x), self.train_labels(batch, noise))
+        loss = loss.mean()
+        yield Stage("model", loss, {"loss": loss.detach()})
+
+    def train_times(self, x: Tensor, noise: Noise) -> Tensor:
+        """(B,) training times drawn through `noise`: the family's own distribution."""
+        raise NotImplementedError
 
     def train_labels(self, batch: Batch, noise: Noise = LOCAL) -> Tensor | None:
         """The batch's labels with a `cond_drop` share replaced by the "no label" index."""

@@ -7,7 +7,6 @@ bound in bits/dim with DDPM's discretised decoder, estimated by stratified times
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +15,8 @@ from torch import Tensor
 
 from aigc_cli.config import check
 from aigc_cli.data.base import Batch, DataSpec
-from aigc_cli.models.base import Stage
 from aigc_cli.models.denoising import QUARTERS, DenoiserConfig, DenoisingModel
-from aigc_cli.noise import LOCAL, Noise
+from aigc_cli.noise import Noise
 from aigc_cli.registry import MODELS
 from aigc_cli.results import SampleResult
 
@@ -138,12 +136,8 @@ class Diffusion(DenoisingModel):
             mse = mse * w[self.cfg.prediction]
         return mse
 
-    def training_step(self, batch: Batch, step: int, noise: Noise = LOCAL) -> Iterator[Stage]:
-        x0 = self.to_model(batch[0])
-        t = noise.randint(self.sched.T, x0)
-        loss = self.per_sample_loss(x0, t, noise.randn_like(x0), self.train_labels(batch, noise))
-        loss = loss.mean()
-        yield Stage("model", loss, {"loss": loss.detach()})
+    def train_times(self, x: Tensor, noise: Noise) -> Tensor:
+        return noise.randint(self.sched.T, x)  # (B,) timesteps in [0, T)
 
     # ---- evaluation: test loss per quarter of the timesteps, and the variational bound -----
     @torch.no_grad()

@@ -6,7 +6,6 @@ Euler (one evaluation per step) and Heun (two)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +13,8 @@ import torch
 from torch import Tensor
 
 from aigc_cli.data.base import Batch, DataSpec
-from aigc_cli.models.base import Stage
 from aigc_cli.models.denoising import QUARTERS, DenoiserConfig, DenoisingModel
-from aigc_cli.noise import LOCAL, Noise
+from aigc_cli.noise import Noise
 from aigc_cli.registry import MODELS
 from aigc_cli.results import SampleResult
 
@@ -54,12 +52,8 @@ class Flow(DenoisingModel):
         xt = (1 - tb) * x0 + tb * x1
         return (self.net(xt, t * TIME_SCALE, y).float() - (x1 - x0)).pow(2).flatten(1).mean(1)
 
-    def training_step(self, batch: Batch, step: int, noise: Noise = LOCAL) -> Iterator[Stage]:
-        x1 = self.to_model(batch[0])
-        t = noise.rand_like(x1.new_empty(x1.shape[0]))  # (B,) uniform in [0, 1)
-        loss = self.per_sample_loss(x1, t, noise.randn_like(x1), self.train_labels(batch, noise))
-        loss = loss.mean()
-        yield Stage("model", loss, {"loss": loss.detach()})
+    def train_times(self, x: Tensor, noise: Noise) -> Tensor:
+        return noise.rand_like(x.new_empty(x.shape[0]))  # (B,) uniform in [0, 1)
 
     @torch.no_grad()
     def evaluate(self, batch: Batch, **options: Any) -> dict[str, Tensor]:

@@ -280,7 +280,8 @@ def setup(
     seed_everything(int(cfg.get("seed", 0)))
     if device.type == "cuda":
         cuda_math(t.tf32)
-    data, model, notes = build_parts(cfg, t, ckpt, world, device)
+    data, model, notes = build_parts(cfg, ckpt, device)
+    notes += prepare_model(model, t, world)
     layout = memory_format(model, device, t.channels_last)
     model = model.to(memory_format=layout)
     if t.precision == "auto":
@@ -316,11 +317,7 @@ def setup(
 
 
 def build_parts(
-    cfg: DictConfig,
-    t: TrainerConfig,
-    ckpt: dict[str, Any] | None,
-    world: distributed.World,
-    device: torch.device,
+    cfg: DictConfig, ckpt: dict[str, Any] | None, device: torch.device
 ) -> tuple[Any, TrainedModel, list[str]]:
     """The data and the model (from init_from's weights when asked), with notes for the log."""
     data = build_data(cfg.dataset).to(device)
@@ -339,7 +336,6 @@ def build_parts(
         notes += init_weights(model, str(cfg.init_from))
     elif cfg.get("init_from"):
         notes.append("init_from is ignored: the run resumes from its own checkpoint")
-    notes += prepare_model(model, t, world)
     return data, model, notes
 
 
