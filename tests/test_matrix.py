@@ -202,6 +202,7 @@ def test_covering_cell(cell, make_cfg, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.long
+@pytest.mark.matrix
 @pytest.mark.parametrize("cell", all_cells(), ids=cell_id)
 def test_every_cell(cell, make_cfg, tmp_path):
     run_cell(cell, make_cfg, tmp_path)

@@ -13,6 +13,8 @@ import torch
 from aigc_cli.build import resolve_device
 from aigc_cli.config import check, command_options, validate
 from aigc_cli.console import console
+from aigc_cli.data.midi_folder import read_notes
+from aigc_cli.data.music import PIECE, encode, music_spec, piece_from_notes
 from aigc_cli.errors import ConfigError
 from aigc_cli.models.base import GenerativeModel, HasSamplers, Interpolates, SamplerOptions
 from aigc_cli.results import Images, SampleResult
@@ -20,13 +22,14 @@ from aigc_cli.store.rundir import RunDir
 from aigc_cli.store.runs import load_run, resolve_checkpoint
 
 SAMPLER_OPTIONS = tuple(SamplerOptions.__dataclass_fields__)
+MUSIC_PIECES = 4  # pieces drawn from a music model when n is not given
 
 
 @dataclass
 class SampleConfig(SamplerOptions):
     run: str | None = None  # run dir or checkpoint file; null = the newest run under outputs/
     checkpoint: str = "last"  # which checkpoint of the run: last | best
-    n: int = 0  # images (or texts) to generate; 0 = 64 images or 1 text
+    n: int = 0  # images, texts or pieces to generate; 0 = 64 images, 1 text or 4 pieces
     seed: int = 0  # sampling seed; the same seed gives the same samples
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     ema: bool = True  # use the EMA weights when the run kept them
@@ -34,6 +37,8 @@ class SampleConfig(SamplerOptions):
     out: str | None = None  # output file; null = <run>/samples/<time>.png (or .txt)
     mode: str = "sample"  # sample | interpolate (latent interpolation grid)
     prompt: str = ""  # text models: the text to continue
+    prompt_midi: str | None = None  # music token models: a MIDI file whose opening they continue
+    prompt_steps: int = 16  # prompt_midi: grid steps of its opening to continue
     max_new_tokens: int = 500  # text models: tokens to generate after the prompt
     temperature: float = 1.0  # text models: softmax temperature (lower = more conservative)
     top_k: int = 0  # text models: keep the k most likely tokens; 0 = all
@@ -77,13 +82,19 @@ def sample(node: Any) -> Path:
 def draw(cfg: SampleConfig, model: GenerativeModel) -> SampleResult:
     """The samples the options ask for; text streams to the console as it is generated."""
     g = torch.Generator().manual_seed(cfg.seed)
+    music = music_spec(model.spec) is not None
     text = model.spec.kind == "text"
-    n = cfg.n or (1 if text else 64)
+    n = cfg.n or (MUSIC_PIECES if music else 1 if text else 64)
     if cfg.mode == "interpolate":
         assert isinstance(model, Interpolates)
         return model.interpolate(n, generator=g)
     if not text:
         return model.sample(n, generator=g, **sampler_options(cfg, model))
+    if music:
+        return model.sample(
+            n, generator=g, prompt=music_prompt(cfg, model), max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+        )  # fmt: skip
 
     def stream(piece: str) -> None:
         sys.stdout.write(piece)
@@ -95,6 +106,27 @@ def draw(cfg: SampleConfig, model: GenerativeModel) -> SampleResult:
     )  # fmt: skip
     sys.stdout.write("\n")
     return result
+
+
+def music_prompt(cfg: SampleConfig, model: GenerativeModel) -> str:
+    """The opening `prompt_steps` grid steps of `prompt_midi`, in the model's own encoding (and
+    transposed as its data was), as the text its tokens continue; "" without a prompt."""
+    if cfg.prompt:
+        raise ConfigError("prompt= is text; a music model continues a MIDI file",
+                          hint="pass prompt_midi=<file.mid> [prompt_steps=16]")  # fmt: skip
+    if not cfg.prompt_midi:
+        return ""
+    check(cfg.prompt_steps >= 1, "prompt_steps", f"{cfg.prompt_steps} must be >= 1")
+    music = music_spec(model.spec) or {}
+    path = Path(cfg.prompt_midi).expanduser()
+    notes = read_notes(path) if path.is_file() else []
+    piece = piece_from_notes(path.name, notes, music["step"], music.get("transpose", True))
+    if piece is None:
+        raise ConfigError(
+            f"bad value for 'prompt_midi': {path} is missing, unreadable or has no notes",
+            hint="pass a standard MIDI file with notes on the piano's keys",
+        )
+    return PIECE + encode(piece.roll[:, : cfg.prompt_steps], music["encoding"])
 
 
 def _write_to(result: SampleResult, out: Path) -> Path:

@@ -152,12 +152,16 @@ class _WindowIterator(BatchIterator):
 
 
 class TextData(DataModule):
-    def __init__(self, text: str, tokenizer: Tokenizer, block_size: int, source: str) -> None:
+    def __init__(
+        self, text: str, tokenizer: Tokenizer, block_size: int, source: str,
+        split_at: int | None = None,
+    ) -> None:  # fmt: skip
+        """`split_at`: the characters of the training part (by default the first 90%)."""
         check(block_size >= 1, "dataset.block_size", "must be >= 1")
-        if isinstance(tokenizer, BPETokenizer):
-            # BPE learnt the first 90% of the characters; each part is encoded on its own, so
-            # no validation text shaped the vocabulary or shares a token with training text.
-            cut = train_chars(text)
+        if isinstance(tokenizer, BPETokenizer) or split_at is not None:
+            # BPE learnt the training part; each part is encoded on its own, so no validation
+            # text shaped the vocabulary or shares a token with training text.
+            cut = train_chars(text) if split_at is None else split_at
             train, val = tokenizer.encode(text[:cut]), tokenizer.encode(text[cut:])
             ids, split = torch.tensor(train + val, dtype=torch.long), len(train)
         else:
@@ -212,12 +216,17 @@ def train_chars(text: str) -> int:
     return int(0.9 * len(text))
 
 
-def make_tokenizer(kind: str, text: str, vocab_size: int = 0) -> Tokenizer:
+def make_tokenizer(
+    kind: str, text: str, vocab_size: int = 0, split_at: int | None = None
+) -> Tokenizer:
+    """A tokenizer for `text`; BPE learns from its training part only (the first `split_at`
+    characters, by default the first 90%)."""
     check(kind in ("char", "byte", "bpe"), "dataset.tokenizer",
           f"'{kind}'; choose from: char, byte, bpe")  # fmt: skip
     if kind == "bpe":
         check(vocab_size > 0, "dataset.vocab_size", "set it for dataset.tokenizer=bpe, e.g. 1024")
-        return BPETokenizer.fit(text[: train_chars(text)], vocab_size)
+        cut = train_chars(text) if split_at is None else split_at
+        return BPETokenizer.fit(text[:cut], vocab_size)
     fixed = f"applies to dataset.tokenizer=bpe; the {kind} tokenizer's vocabulary is fixed"
     check(vocab_size == 0, "dataset.vocab_size", fixed)
     return CharTokenizer.fit(text) if kind == "char" else ByteTokenizer()

@@ -22,10 +22,11 @@ from torch.optim import Optimizer
 
 from aigc_cli.config import OptimConfig, check
 from aigc_cli.data.base import Batch, BatchIterator, DataModule, DataSpec
+from aigc_cli.data.music import music_spec
 from aigc_cli.errors import ConfigError
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
-from aigc_cli.results import Images, Points, SampleResult
+from aigc_cli.results import Images, Music, Points, SampleResult
 
 
 @dataclass
@@ -150,6 +151,13 @@ class GenerativeModel(TrainedModel):
         """Extra image grids to log at each sample interval (e.g. reconstructions)."""
         return {}
 
+    def as_music(self, rolls: Tensor, sampler: str = "", nfe: int | None = None) -> Music:
+        """(N, pitches, steps) rolls of music data as Music, on the data's grid and pitches."""
+        m = music_spec(self.spec) or {}
+        return Music(rolls=rolls.bool().cpu(), low=int(m.get("low", 21)),
+                     step=float(m.get("step", 1.0)), tempo=float(m.get("tempo", 90.0)),
+                     sampler=sampler, nfe=nfe)  # fmt: skip
+
     def to_signed(self, x: Tensor) -> Tensor:
         """Images from [0, 1] to the [-1, 1] the networks work in; other data as it is."""
         return x.float() * 2 - 1 if self.spec.kind == "image" else x.float()
@@ -160,8 +168,11 @@ class GenerativeModel(TrainedModel):
 
     def as_result(
         self, x: Tensor, nrow: int = 0, sampler: str = "", nfe: int | None = None
-    ) -> Images | Points:
-        """Generated images (N, C, H, W) or points (N, D) as the data's kind of result."""
+    ) -> Images | Points | Music:
+        """Generated images (N, C, H, W) or points (N, D) as the data's kind of result; images
+        of piano rolls (music data) as Music, each pixel over 0.5 a sounding note."""
+        if music_spec(self.spec) is not None:
+            return self.as_music(x[:, 0] > 0.5, sampler, nfe)
         if self.spec.kind == "points":
             extent = float(self.spec.extra.get("extent", 0.0))
             return Points(points=x, extent=extent, sampler=sampler, nfe=nfe)

@@ -18,6 +18,7 @@ from torch.optim import Optimizer
 
 from aigc_cli.config import OptimConfig, check
 from aigc_cli.data.base import Batch, DataSpec
+from aigc_cli.data.music import PIECE, decode, music_spec
 from aigc_cli.data.text import tokenizer_from_dict
 from aigc_cli.errors import DataError
 from aigc_cli.models.base import GenerativeModel, OnnxGraph, Stage
@@ -25,7 +26,7 @@ from aigc_cli.models.pixels import PixelCodec
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
 from aigc_cli.registry import MODELS
-from aigc_cli.results import Images, Texts
+from aigc_cli.results import Images, Music, Texts
 
 KVCache = list[dict[str, Tensor]]  # one {"k", "v"} per layer, each (B, heads, T_past, head_dim)
 
@@ -261,6 +262,9 @@ class Transformer(GenerativeModel):
         ratio = self._tokens_per_char()
         if ratio:
             out["bits_per_char"] = loss * ratio / math.log(2)
+        per_frame = self.spec.extra.get("tokens_per_frame")
+        if per_frame:
+            out["frame_nll"] = loss * per_frame
         return out
 
     def describe_metrics(self, options: dict[str, Any]) -> dict[str, str]:
@@ -281,6 +285,14 @@ class Transformer(GenerativeModel):
             f"bits_per_{self._unit()}": "loss / ln 2",
             "perplexity": "exp(loss)",
         }
+        per_frame = self.spec.extra.get("tokens_per_frame")
+        if per_frame:
+            notes["frame_nll"] = (
+                f"loss × {per_frame:.4f} tokens per grid step of the test pieces: nats per time "
+                "step; frame_tokens make it the exact likelihood of each frame (its notes in "
+                f"pitch order), with at most {self.cfg.block_size or self.spec.shape[0]} tokens "
+                "of context"
+            )
         ratio = self._tokens_per_char()
         if ratio:
             notes["bits_per_char"] = (
@@ -302,9 +314,11 @@ class Transformer(GenerativeModel):
         top_p: float = 1.0,
         stream: Callable[[str], None] | None = None,
         **kw: Any,
-    ) -> Texts | Images:
+    ) -> Texts | Images | Music:
         """Text: `n` continuations of `prompt` (each starts with it); `stream` receives the first
-        one's text as it is generated. Images: `n` images (n, C, H, W) in [0, 1]."""
+        one's text as it is generated. Images: `n` images (n, C, H, W) in [0, 1]. Music tokens
+        (frame_tokens, events): `n` pieces, each continuing `prompt` (music in the same
+        encoding) up to `max_new_tokens` tokens or the end of a piece."""
         check(max_new_tokens >= 0, "max_new_tokens", f"{max_new_tokens} must be >= 0")
         if generator is None:
             generator = torch.Generator().manual_seed(torch.seed() % 2**62)
@@ -321,7 +335,10 @@ class Transformer(GenerativeModel):
 
         assert self.tokenizer is not None
         tokenizer = self.tokenizer
-        start = tokenizer.encode(prompt) if prompt else [self._newline_id()]
+        music = music_spec(self.spec)
+        if music is not None:
+            stream = None  # note symbols, not text to show
+        start = tokenizer.encode(prompt) if prompt else [self._start_id(music is not None)]
         ids = torch.tensor([start] * n, dtype=torch.long, device=self.device)  # (n, T0)
         on_token = None
         pending: list[int] = []
@@ -340,7 +357,15 @@ class Transformer(GenerativeModel):
         if stream and pending:
             stream(tokenizer.decode(pending))
         skip = 0 if prompt else len(start)  # the newline we started from is not output
-        return Texts(texts=[tokenizer.decode(row[skip:]) for row in ids.tolist()])
+        texts = [tokenizer.decode(row[skip:]) for row in ids.tolist()]
+        return self.music_of(texts) if music is not None else Texts(texts=texts)
+
+    def music_of(self, texts: list[str]) -> Music:
+        """Music token texts (each up to its piece's end) as one Music result."""
+        encoding = (music_spec(self.spec) or {})["encoding"]
+        rolls = [decode(t, encoding) for t in texts]
+        steps = max(r.shape[1] for r in rolls)
+        return self.as_music(torch.stack([F.pad(r, (0, steps - r.shape[1])) for r in rolls]))
 
     def _generate(
         self,
@@ -374,10 +399,11 @@ class Transformer(GenerativeModel):
                 logits = self.gpt(nxt, cache)[:, -1]
         return ids
 
-    def _newline_id(self) -> int:
+    def _start_id(self, music: bool) -> int:
+        """What an unprompted sample starts from: a newline, or the start of a piece."""
         try:
-            return self.tokenizer.encode("\n")[0]
-        except DataError:  # a char vocabulary without newlines
+            return self.tokenizer.encode(PIECE if music else "\n")[0]
+        except DataError:  # a char vocabulary without it
             return 0
 
 

@@ -91,6 +91,9 @@ class RunLogger:
     def image(self, tag: str, grid: Tensor, step: int) -> None:
         self.writer.add_image(tag, grid.clamp(0, 1).cpu(), step)
 
+    def audio(self, tag: str, audio: Tensor, step: int, rate: int) -> None:
+        self.writer.add_audio(tag, audio.reshape(1, -1).cpu(), step, sample_rate=rate)
+
     def text(self, tag: str, text: str, step: int) -> None:
         # TensorBoard renders markdown: indent by 4 spaces so text shows verbatim.
         self.writer.add_text(tag, "    " + text.replace("\n", "\n    "), step)
@@ -261,6 +264,9 @@ class QuietLogger(RunLogger):
         pass
 
     def text(self, tag: str, text: str, step: int) -> None:
+        pass
+
+    def audio(self, tag: str, audio: Tensor, step: int, rate: int) -> None:
         pass
 
     def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:

@@ -9,13 +9,15 @@ from typing import Any
 import torch
 
 from aigc_cli.config import TrainerConfig
+from aigc_cli.data.music import music_spec
 from aigc_cli.errors import ConfigError
-from aigc_cli.results import Images, Points, SampleResult, Texts
+from aigc_cli.results import Images, Music, Points, SampleResult, Texts
 from aigc_cli.results.images import to_grid
 from aigc_cli.store.rundir import RunDir
 from aigc_cli.training.logger import RunLogger
 
 TEXT_TOKENS = 300  # tokens of each of the two logged text samples
+MUSIC_PIECES = 4  # pieces (MIDI, WAV and a piano roll each) per logged music sample
 GRID_ROW = 8  # images per grid row, unless the model lays its grid out (one row per class)
 
 
@@ -25,6 +27,8 @@ def log_samples(
     g = torch.Generator().manual_seed(seed)
     if data.spec.kind == "text":
         result = model.sample(2, generator=g, max_new_tokens=TEXT_TOKENS)
+    elif music_spec(data.spec) is not None:
+        result = model.sample(min(t.num_samples, MUSIC_PIECES), generator=g)
     else:
         result = model.sample(t.num_samples, generator=g)
     if not isinstance(result, SampleResult):
@@ -40,7 +44,7 @@ def log_samples(
         result.nrow = GRID_ROW
     result.write(RunDir(run_dir).sample_file(f"step_{step:06d}"))
     result.log(log, "samples", step)
-    if isinstance(result, Texts):
+    if isinstance(result, Texts | Music):
         return
     first_test = next(data.eval_iter(t.batch_size, 1))
     batch = tuple(x.to(model.device) for x in first_test)

@@ -1,0 +1,247 @@
+"""Music data shared by the music sources (chorales, MIDI folders): pieces as piano rolls on a
+grid, the split, transposition to C, and the representations the families train on.
+
+    roll          (1, pitches, window) images, pitch × time, 0/1: VAE, GAN, diffusion, flow
+    frames        (window, 88) frame sequences with their lengths: the frame models
+    frame_tokens  text: each frame its sounding pitches low to high, then a newline, so a
+                  transformer over these tokens is an exact likelihood model of each frame
+    events        text: each note as its pitch and duration where it starts, a newline per grid
+                  step (MIDI-like events on the grid); BPE works on top as on any text
+
+The protocol follows the JSB Chorales benchmark (Boulanger-Lewandowski et al., ICML 2012) as far
+as a corpus allows: a quarter-note grid (sixteenths as an option), pieces transposed to C major
+or C minor, pitches on the 88 piano keys, a fixed split (by a hash of each piece's name, about
+60/20/20). The canonical JSB split is not rebuilt: figures are on "our split"."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from aigc_cli.config import check
+from aigc_cli.data.base import DataModule, DataSpec, TensorData
+from aigc_cli.data.text import TextData, make_tokenizer
+from aigc_cli.errors import DataError
+from aigc_cli.results.midi import Note
+from aigc_cli.results.music import notes_to_roll, roll_to_notes
+
+PIANO_LOW, KEYS = 21, 88  # A0 .. C8
+GRIDS = {"quarter": 1.0, "sixteenth": 0.25}  # quarter notes per grid step
+REPRESENTATIONS = ("roll", "frames", "frame_tokens", "events")
+SPLITS = ("train", "valid", "test")
+ROLL_LOW, ROLL_PITCHES = 36, 48  # roll images: C2 .. B5, the range of four-part chorales
+PITCH_CHAR = 33  # frame_tokens/events: pitch p is chr(33 + p - 21), "!" .. "x"
+DURATION_CHAR = 0xC0  # events: a duration of d grid steps is chr(0xC0 + d), "À"...
+MAX_DURATION = 32  # events: longer notes are cut to this many grid steps
+STEP = "\n"  # ends a frame (frame_tokens) or a grid step (events)
+PIECE = "|"  # ends a piece
+# Krumhansl-Kessler key profiles, C major and C minor (Krumhansl 1990)
+MAJOR = [6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88]
+MINOR = [6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17]
+
+
+@dataclass
+class MusicConfig:
+    representation: str = "roll"  # roll | frames | frame_tokens | events
+    grid: str = "quarter"  # quarter | sixteenth: the length of one time step
+    transpose: bool = True  # each piece to C major or C minor (estimated key)
+    window: int = 48  # roll: steps per image (square with 48 pitches); frames: frames per window
+    block_size: int = 256  # frame_tokens / events: tokens per training window
+    tokenizer: str = "char"  # frame_tokens / events: char (one token per symbol) | bpe
+    vocab_size: int = 0  # bpe: tokens in the vocabulary (more than 256); others: 0
+    tempo: float = 90.0  # quarter notes per minute of the MIDI files and audio written
+
+
+@dataclass
+class Piece:
+    name: str
+    roll: Tensor  # (88, steps) bool, row 0 = A0
+
+    @property
+    def split(self) -> str:
+        """train, valid or test, fixed by the name alone (about 60/20/20)."""
+        bucket = int(hashlib.sha1(self.name.encode()).hexdigest(), 16) % 10
+        return SPLITS[0] if bucket < 6 else SPLITS[1] if bucket < 8 else SPLITS[2]
+
+
+def piece_from_notes(name: str, notes: list[Note], step: float, transpose: bool) -> Piece | None:
+    """A piece on the grid (None when no note lands on the piano's keys)."""
+    if transpose and notes:
+        shift = transposition(notes)
+        notes = [n._replace(pitch=n.pitch + shift) for n in notes]
+    steps = max((round((n.start + n.duration) / step) for n in notes), default=0)
+    if steps == 0:
+        return None
+    roll = notes_to_roll(notes, PIANO_LOW, KEYS, steps, step)
+    return Piece(name, roll) if roll.any() else None
+
+
+def transposition(notes: list[Note]) -> int:
+    """Semitones that take the piece's key (Krumhansl-Schmuckler on its duration-weighted
+    pitch classes) to C major or C minor, within a tritone either way."""
+    hist = torch.zeros(12)
+    for n in notes:
+        hist[n.pitch % 12] += n.duration
+    best, tonic = -2.0, 0
+    for profile in (MAJOR, MINOR):
+        p = torch.tensor(profile)
+        for k in range(12):
+            r = torch.corrcoef(torch.stack([hist, p.roll(k)]))[0, 1].item()
+            if r > best:
+                best, tonic = r, k
+    return (-tonic + 6) % 12 - 6
+
+
+def music_data(pieces: list[Piece], cfg: MusicConfig, source: str) -> DataModule:
+    """The representation `cfg` asks for, from the pieces of every split."""
+    check(cfg.representation in REPRESENTATIONS, "dataset.representation",
+          f"'{cfg.representation}'; choose from: {', '.join(REPRESENTATIONS)}")  # fmt: skip
+    check(cfg.grid in GRIDS, "dataset.grid", f"'{cfg.grid}'; choose from: {', '.join(GRIDS)}")
+    check(cfg.window >= 4, "dataset.window", f"{cfg.window} must be >= 4")
+    check(cfg.tempo > 0, "dataset.tempo", "must be > 0")
+    parts = {s: [p for p in pieces if p.split == s] for s in SPLITS}
+    for split in ("train", "test"):
+        if not parts[split]:
+            raise DataError(
+                f"{source} has no piece in its {split} split ({len(pieces)} pieces in all)",
+                hint="use more pieces: the split takes about 60/20/20 of them by name",
+            )
+    music = {
+        "representation": cfg.representation, "step": GRIDS[cfg.grid], "tempo": cfg.tempo,
+        "low": PIANO_LOW, "pitches": KEYS, "pieces": {s: len(parts[s]) for s in SPLITS},
+        "transpose": cfg.transpose,
+    }  # fmt: skip
+    if cfg.representation == "roll":
+        return roll_data(parts, cfg, music)
+    if cfg.representation == "frames":
+        return frame_data(parts, cfg, music)
+    return token_data(parts, cfg, music, source)
+
+
+def roll_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> TensorData:
+    """Square images: ROLL_PITCHES pitches × `window` steps, one per window of each piece (the
+    last padded with silence)."""
+    square = f"{cfg.window}: roll images are square, {ROLL_PITCHES} pitches × {ROLL_PITCHES} steps"
+    check(cfg.window == ROLL_PITCHES, "dataset.window", square)
+    lo = ROLL_LOW - PIANO_LOW
+
+    def images(pieces: list[Piece]) -> Tensor:
+        out = []
+        for p in pieces:
+            r = p.roll[lo : lo + ROLL_PITCHES]
+            for start in range(0, r.shape[1], cfg.window):
+                w = torch.zeros(ROLL_PITCHES, cfg.window, dtype=torch.uint8)
+                chunk = r[:, start : start + cfg.window]
+                w[:, : chunk.shape[1]] = chunk.to(torch.uint8) * 255
+                out.append(w)
+        return torch.stack(out).unsqueeze(1)  # (N, 1, pitches, steps), uint8 0/255
+
+    train, test = images(parts["train"]), images(parts["test"])
+    music = {**music, "low": ROLL_LOW, "pitches": ROLL_PITCHES}
+    spec = DataSpec(kind="image", shape=[1, ROLL_PITCHES, cfg.window], binary=True,
+                    extra={"music": music})  # fmt: skip
+    zeros = lambda x: torch.zeros(x.shape[0], dtype=torch.long)  # noqa: E731
+    return TensorData(spec, (train, zeros(train)), (test, zeros(test)))
+
+
+def frame_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> TensorData:
+    """(window, 88) frame sequences, a piece cut into windows, with each window's length."""
+
+    def windows(pieces: list[Piece]) -> tuple[Tensor, Tensor]:
+        xs, lengths = [], []
+        for p in pieces:
+            frames = p.roll.t()  # (steps, 88)
+            for start in range(0, frames.shape[0], cfg.window):
+                chunk = frames[start : start + cfg.window]
+                w = torch.zeros(cfg.window, KEYS, dtype=torch.uint8)
+                w[: chunk.shape[0]] = chunk.to(torch.uint8)
+                xs.append(w)
+                lengths.append(chunk.shape[0])
+        return torch.stack(xs), torch.tensor(lengths)
+
+    train, test = windows(parts["train"]), windows(parts["test"])
+    spec = DataSpec(kind="frames", shape=[cfg.window, KEYS], binary=True, extra={"music": music})
+    return FrameData(spec, train, test)
+
+
+class FrameData(TensorData):
+    """Frame windows are 0/1 already: handed out as float without scaling."""
+
+    def take(self, split: str, idx: Tensor) -> tuple[Tensor, Tensor]:
+        x, lengths = self.train if split == "train" else self.test
+        return x[idx].float(), lengths[idx]
+
+
+def token_data(
+    parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict, source: str
+) -> TextData:
+    """frame_tokens or events as text: the training pieces, then the test pieces."""
+    train = "".join(encode(p.roll, cfg.representation) + PIECE for p in parts["train"])
+    test = "".join(encode(p.roll, cfg.representation) + PIECE for p in parts["test"])
+    tokenizer = make_tokenizer(cfg.tokenizer, train + test, cfg.vocab_size, len(train))
+    data = TextData(train + test, tokenizer, cfg.block_size, source, split_at=len(train))
+    per_step = data.spec.extra["tokens_per_char"] * len(test) / test.count(STEP)
+    data.spec.extra.update(music={**music, "encoding": cfg.representation},
+                           tokens_per_frame=per_step)  # fmt: skip
+    return data
+
+
+def encode_frames(roll: Tensor) -> str:
+    """Each frame's sounding pitches, low to high, then STEP."""
+    chars = [chr(PITCH_CHAR + k) for k in range(KEYS)]
+    return "".join("".join(chars[k] for k in col.nonzero().flatten().tolist()) + STEP
+                   for col in roll.t())  # fmt: skip
+
+
+def encode_events(roll: Tensor) -> str:
+    """At each grid step, each note starting there as pitch and duration, then STEP."""
+    notes = roll_to_notes(roll, 0, 1.0)  # pitch = row, start and duration in steps
+    steps = roll.shape[1]
+    at: list[list[str]] = [[] for _ in range(steps)]
+    for n in notes:
+        d = min(round(n.duration), MAX_DURATION)
+        at[round(n.start)].append(chr(PITCH_CHAR + n.pitch) + chr(DURATION_CHAR + d))
+    return "".join("".join(a) + STEP for a in at)
+
+
+def encode(roll: Tensor, encoding: str) -> str:
+    """A (88, steps) roll as frame_tokens or events text."""
+    return encode_frames(roll) if encoding == "frame_tokens" else encode_events(roll)
+
+
+def decode(text: str, encoding: str, max_steps: int = 0) -> Tensor:
+    """frame_tokens or events text → (88, steps) bool; anything unreadable is skipped, so a
+    model's early, half-trained output still decodes. The first piece only."""
+    text = text.split(PIECE)[0]
+    frames = text.split(STEP)
+    if frames and frames[-1] == "":
+        frames = frames[:-1]
+    steps = max_steps or len(frames) + (MAX_DURATION if encoding == "events" else 0)
+    roll = torch.zeros(KEYS, max(steps, 1), dtype=torch.bool)
+    for t, frame in enumerate(frames[: roll.shape[1]]):
+        if encoding == "frame_tokens":
+            for ch in frame:
+                k = ord(ch) - PITCH_CHAR
+                if 0 <= k < KEYS:
+                    roll[k, t] = True
+            continue
+        for a, b in zip(frame[::2], frame[1::2], strict=False):
+            k, d = ord(a) - PITCH_CHAR, ord(b) - DURATION_CHAR
+            if 0 <= k < KEYS and 1 <= d <= MAX_DURATION:
+                roll[k, t : t + d] = True
+    return roll if max_steps or encoding != "events" else _trim(roll)
+
+
+def _trim(roll: Tensor) -> Tensor:
+    """Drop the silent steps after the last sounding one."""
+    sounding = roll.any(0).nonzero()
+    return roll[:, : int(sounding[-1]) + 1] if sounding.numel() else roll[:, :1]
+
+
+def music_spec(spec: DataSpec) -> dict[str, Any] | None:
+    """The music facts of a dataset spec (None for other data)."""
+    return spec.extra.get("music")

@@ -1,0 +1,54 @@
+"""Standard MIDI files through mido (the `music` extra): notes in, bytes out, and back."""
+
+from __future__ import annotations
+
+import io
+from typing import NamedTuple
+
+from aigc_cli.errors import ConfigError
+
+TICKS_PER_QUARTER = 480
+
+
+class Note(NamedTuple):
+    pitch: int  # MIDI pitch, 60 = middle C
+    start: float  # in quarter notes from the start
+    duration: float  # in quarter notes
+    velocity: int = 80
+
+
+def require_mido():
+    # Imported on use: mido belongs to the optional `music` extra.
+    try:
+        import mido
+    except ImportError as e:
+        raise ConfigError(
+            "music needs the optional `music` extra (music21, mido, symusic)",
+            hint="pip install 'aigc[music]' (from a checkout: pip install -e '.[music]')",
+        ) from e
+    return mido
+
+
+def midi_bytes(notes: list[Note], tempo: float) -> bytes:
+    """A type-0 MIDI file of `notes` (piano, channel 0) at `tempo` quarter notes a minute."""
+    mido = require_mido()
+    events = []  # (tick, order, message): note-offs before note-ons at the same tick
+    for n in notes:
+        on = round(n.start * TICKS_PER_QUARTER)
+        off = max(on + 1, round((n.start + n.duration) * TICKS_PER_QUARTER))
+        events.append((on, 1, mido.Message("note_on", note=n.pitch, velocity=n.velocity)))
+        events.append((off, 0, mido.Message("note_off", note=n.pitch, velocity=0)))
+    events.sort(key=lambda e: (e[0], e[1], e[2].note))
+    track = mido.MidiTrack()
+    track.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(tempo), time=0))
+    track.append(mido.Message("program_change", program=0, time=0))
+    now = 0
+    for tick, _, message in events:
+        track.append(message.copy(time=tick - now))
+        now = tick
+    track.append(mido.MetaMessage("end_of_track", time=0))
+    file = mido.MidiFile(type=0, ticks_per_beat=TICKS_PER_QUARTER)
+    file.tracks.append(track)
+    buf = io.BytesIO()
+    file.save(file=buf)
+    return buf.getvalue()

@@ -1,0 +1,95 @@
+"""Music: piano rolls (pitch × time on a grid), written as a folder per draw: one standard MIDI
+file and one WAV preview per sample, and a PNG of the piano rolls. Held notes are the runs of
+consecutive sounding steps of a pitch (the frame representation cannot tell a held note from a
+repeated one, and merging them is the usual reading)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from aigc_cli.atomic import write_bytes
+from aigc_cli.results.audio import SAMPLE_RATE, render, wav_bytes
+from aigc_cli.results.base import Board, SampleResult
+from aigc_cli.results.images import save_grid, to_grid
+from aigc_cli.results.midi import Note, midi_bytes
+
+ROLL_SCALE = 4  # pixels per step and per semitone in the piano-roll PNG
+
+
+@dataclass(kw_only=True)
+class Music(SampleResult):
+    rolls: Tensor  # (N, pitches, steps) bool: row 0 is MIDI pitch `low`
+    low: int = 21  # MIDI pitch of row 0 (21 = A0, the piano's lowest key)
+    step: float = 1.0  # quarter notes per grid step (1 = quarter grid, 0.25 = sixteenths)
+    tempo: float = 90.0  # quarter notes per minute, for the MIDI files and the audio
+
+    suffix = ""  # a folder: <stem>/00.mid, 00.wav, ..., rolls.png
+
+    def __len__(self) -> int:
+        return int(self.rolls.shape[0])
+
+    def notes(self, i: int) -> list[Note]:
+        return roll_to_notes(self.rolls[i], self.low, self.step)
+
+    def audio(self, i: int) -> Tensor:
+        """Sample i rendered to mono audio in [-1, 1] at SAMPLE_RATE."""
+        return render(self.notes(i), self.tempo)
+
+    def picture(self) -> Tensor:
+        """The piano rolls as one image grid, high pitches at the top (C, H, W) in [0, 1]."""
+        return to_grid(roll_images(self.rolls), nrow=1)
+
+    def write(self, stem: Path) -> Path:
+        folder = Path(f"{stem}{self.suffix}")
+        for i in range(len(self)):
+            notes = self.notes(i)
+            write_bytes(folder / f"{i:02d}.mid", midi_bytes(notes, self.tempo))
+            write_bytes(folder / f"{i:02d}.wav", wav_bytes(render(notes, self.tempo)))
+        save_grid(roll_images(self.rolls), folder / "rolls.png", nrow=1)
+        return folder
+
+    def log(self, board: Board, tag: str, step: int) -> None:
+        super().log(board, tag, step)
+        board.image(f"{tag}/rolls", self.picture(), step)
+        for i in range(min(len(self), 2)):
+            board.audio(f"{tag}/audio_{i}", self.audio(i), step, SAMPLE_RATE)
+
+    def describe(self) -> str:
+        notes = sum(len(self.notes(i)) for i in range(len(self)))
+        return f"{len(self)} pieces, {notes} notes: MIDI files and WAV previews; listen to the .wav"
+
+
+def roll_to_notes(roll: Tensor, low: int, step: float) -> list[Note]:
+    """(pitches, steps) bool → notes, each run of sounding steps of one pitch one note."""
+    on = roll.bool().cpu()
+    padded = torch.nn.functional.pad(on.to(torch.int8), (1, 1))  # (P, T + 2)
+    change = padded[:, 1:] - padded[:, :-1]  # +1 at an onset, -1 one past the end
+    notes = []
+    for pitch, start in (change == 1).nonzero().tolist():
+        end = int((change[pitch, start:] == -1).nonzero()[0, 0]) + start
+        notes.append(Note(low + pitch, start * step, (end - start) * step))
+    return sorted(notes, key=lambda n: (n.start, n.pitch))
+
+
+def notes_to_roll(notes: list[Note], low: int, pitches: int, steps: int, step: float) -> Tensor:
+    """Notes → (pitches, steps) bool, a note sounding on every grid step it overlaps the start
+    of; pitches outside [low, low + pitches) are dropped."""
+    roll = torch.zeros(pitches, steps, dtype=torch.bool)
+    for n in notes:
+        row = n.pitch - low
+        if not 0 <= row < pitches:
+            continue
+        first = round(n.start / step)
+        last = max(first + 1, round((n.start + n.duration) / step))
+        roll[row, first : min(last, steps)] = True
+    return roll
+
+
+def roll_images(rolls: Tensor) -> Tensor:
+    """(N, P, T) rolls → (N, 1, P·s, T·s) images, high pitches at the top, enlarged."""
+    img = rolls.float().flip(1).unsqueeze(1)  # (N, 1, P, T)
+    return img.repeat_interleave(ROLL_SCALE, 2).repeat_interleave(ROLL_SCALE, 3)
