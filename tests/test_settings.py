@@ -18,8 +18,9 @@ from aigc_cli.config import OptimConfig, TrainerConfig
 from aigc_cli.registry import DATASETS, MODELS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "aigc_cli" / "configs"
-# group files whose point is another value than the dataclass default
-CHOSEN = {("optim/adamw.yaml", "weight_decay")}
+# group files whose point is another value than the dataclass default (eval.yaml: an open
+# section for dataset.root= and the like)
+CHOSEN = {("optim/adamw.yaml", "weight_decay"), ("eval.yaml", "dataset")}
 
 
 def field_comments(cls: type) -> dict[str, str | None]:
@@ -82,6 +83,12 @@ def group_files() -> list[tuple[str, str | None, type]]:
                MODELS.get(p.stem).config) for p in (CONFIGS / "model").glob("*.yaml")]  # fmt: skip
     files += [(f"dataset/{p.name}", None, DATASETS.get(p.stem).config)
               for p in (CONFIGS / "dataset").glob("*.yaml")]  # fmt: skip
+    from aigc_cli.commands.eval import EvalConfig
+    from aigc_cli.commands.export import ExportConfig
+    from aigc_cli.commands.sample import SampleConfig
+
+    files += [("sample.yaml", None, SampleConfig), ("eval.yaml", None, EvalConfig),
+              ("export.yaml", None, ExportConfig)]  # fmt: skip
     return sorted(files, key=lambda f: f[0])
 
 

@@ -216,7 +216,7 @@ def encode(roll: Tensor, encoding: str) -> str:
 def decode(text: str, encoding: str, max_steps: int = 0) -> Tensor:
     """frame_tokens or events text → (88, steps) bool; anything unreadable is skipped, so a
     model's early, half-trained output still decodes. The first piece only."""
-    text = text.split(PIECE)[0]
+    text = text.lstrip(PIECE).split(PIECE)[0]
     frames = text.split(STEP)
     if frames and frames[-1] == "":
         frames = frames[:-1]

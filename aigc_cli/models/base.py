@@ -206,7 +206,7 @@ class Interpolates:
 
     def interpolate(
         self, n: int, *, generator: torch.Generator | None = None, steps: int = 8
-    ) -> Images:
+    ) -> SampleResult:
         raise NotImplementedError
 
 

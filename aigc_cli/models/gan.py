@@ -31,7 +31,7 @@ from aigc_cli.models.nets import ConvDecoder, conv_levels, level_channels, mlp
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
 from aigc_cli.registry import MODELS
-from aigc_cli.results import Images
+from aigc_cli.results import SampleResult
 
 LOSSES = ("non_saturating", "hinge", "wgan_gp")
 
@@ -273,7 +273,7 @@ class GAN(GenerativeModel, Interpolates):
         generator: torch.Generator | None = None,
         classes: list[int] | None = None,
         **kw: Any,
-    ) -> Images:
+    ) -> SampleResult:
         """`n` samples; a conditional GAN gives one grid row per class (of `classes`, default
         all), n // len(classes) samples each."""
         n, y, nrow = class_rows(self.num_classes, n, classes, self.device)
@@ -296,7 +296,7 @@ class GAN(GenerativeModel, Interpolates):
     @torch.no_grad()
     def interpolate(
         self, n: int, *, generator: torch.Generator | None = None, steps: int = 8
-    ) -> Images:
+    ) -> SampleResult:
         """Rows of spherical interpolations between random latent pairs."""
 
         rows = max(1, math.ceil(n / steps))

@@ -331,7 +331,7 @@ class Transformer(GenerativeModel):
         if self.pixels is not None:
             ids = torch.full((n, 1), self.pixels.vocab_size, device=self.device)
             ids = self._generate(ids, self.pixels.seq_len, dev_gen, **filtering)
-            return Images(images=self.pixels.decode(ids[:, 1:]))
+            return self.as_result(self.pixels.decode(ids[:, 1:]))
 
         assert self.tokenizer is not None
         tokenizer = self.tokenizer

@@ -19,7 +19,7 @@ from aigc_cli.models.latent import slerp_rows
 from aigc_cli.models.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.registry import MODELS
-from aigc_cli.results import Images
+from aigc_cli.results import SampleResult
 
 
 @MODELS.register("vae")
@@ -185,9 +185,11 @@ class VAE(GenerativeModel, Interpolates):
         return notes
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None, **kw: object) -> Images:
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None, **kw: object
+    ) -> SampleResult:
         z = torch.randn(n, self.cfg.latent_dim, generator=generator).to(self.device)
-        return Images(images=self.mean_image(z).clamp(0, 1))
+        return self.as_result(self.mean_image(z).clamp(0, 1))
 
     def onnx_graphs(self) -> list[OnnxGraph]:
         return [decoder_graph(self)]
@@ -195,11 +197,11 @@ class VAE(GenerativeModel, Interpolates):
     @torch.no_grad()
     def interpolate(
         self, n: int, *, generator: torch.Generator | None = None, steps: int = 8
-    ) -> Images:
+    ) -> SampleResult:
         """Rows of spherical interpolations between random latents from the prior."""
 
         z = slerp_rows(max(1, math.ceil(n / steps)), steps, self.cfg.latent_dim, generator)
-        return Images(images=self.mean_image(z.to(self.device)).clamp(0, 1), nrow=steps)
+        return self.as_result(self.mean_image(z.to(self.device)).clamp(0, 1), steps)
 
     @torch.no_grad()
     def log_images(self, batch: Batch) -> dict[str, Tensor]:

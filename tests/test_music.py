@@ -1,0 +1,249 @@
+"""Music: MIDI files read back by independent readers, piano rolls and token encodings against
+hand-made examples, the key finder, the synthesiser's pitch, the frame likelihood's closed form,
+the data sources and their one-line errors, and each family training on the representation it
+fits, through the command line as a user runs it."""
+
+from __future__ import annotations
+
+import io
+import math
+import wave
+from pathlib import Path
+
+import pytest
+import torch
+
+from aigc_cli.data.music import (
+    PIECE,
+    Piece,
+    decode,
+    encode,
+    piece_from_notes,
+    transposition,
+)
+from aigc_cli.errors import ConfigError, DataError
+from aigc_cli.results import Music
+from aigc_cli.results.audio import SAMPLE_RATE, render, wav_bytes
+from aigc_cli.results.midi import Note, midi_bytes
+from aigc_cli.results.music import notes_to_roll, roll_to_notes
+
+from .helpers import run_cli
+
+mido = pytest.importorskip("mido", reason="the music extra (pip install -e '.[music]')")
+NOTES = [Note(60, 0.0, 1.0), Note(64, 1.0, 2.5), Note(67, 1.0, 1.0), Note(48, 3.5, 0.5)]
+
+
+def _mido_notes(data: bytes) -> list[tuple[int, float, float]]:
+    """(pitch, start, duration) in quarter notes, from mido's messages alone."""
+    f = mido.MidiFile(file=io.BytesIO(data))
+    now, on, out = 0, {}, []
+    for msg in mido.merge_tracks(f.tracks):
+        now += msg.time
+        if msg.type == "note_on" and msg.velocity > 0:
+            on[msg.note] = now
+        elif msg.type in ("note_off", "note_on"):
+            start = on.pop(msg.note)
+            out.append((msg.note, start / f.ticks_per_beat, (now - start) / f.ticks_per_beat))
+    return sorted(out, key=lambda n: (n[1], n[0]))
+
+
+def test_midi_reads_back_the_same_notes_in_mido_and_symusic(tmp_path):
+    symusic = pytest.importorskip("symusic")
+    data = midi_bytes(NOTES, tempo=90)
+    want = sorted(((n.pitch, n.start, n.duration) for n in NOTES), key=lambda n: (n[1], n[0]))
+    assert _mido_notes(data) == want
+    path = tmp_path / "x.mid"
+    path.write_bytes(data)
+    score = symusic.Score(str(path), ttype="quarter")
+    got = sorted(((n.pitch, n.time, n.duration) for t in score.tracks for n in t.notes),
+                 key=lambda n: (n[1], n[0]))  # fmt: skip
+    assert got == want
+    assert mido.MidiFile(file=io.BytesIO(data)).tracks[0][0].tempo == mido.bpm2tempo(90)
+
+
+def test_piano_roll_and_notes_by_hand():
+    roll = notes_to_roll(NOTES, low=48, pitches=24, steps=4, step=1.0)
+    assert roll.shape == (24, 4)
+    assert roll[12].tolist() == [True, False, False, False]  # C4 for one step
+    assert roll[16].tolist() == [False, True, True, True]  # E4 from 1 for 2.5 → steps 1, 2, 3
+    assert not roll[0].any()  # C3 at 3.5 rounds to step 4, past the roll's 4 steps
+    back = roll_to_notes(roll, 48, 1.0)
+    assert (60, 0.0, 1.0) in [(n.pitch, n.start, n.duration) for n in back]
+    assert (64, 1.0, 3.0) in [(n.pitch, n.start, n.duration) for n in back]
+
+
+@pytest.mark.parametrize("encoding", ["frame_tokens", "events"])
+def test_token_encodings_round_trip(encoding):
+    roll = torch.zeros(88, 6, dtype=torch.bool)
+    roll[39, 0:2] = True  # C4 for two steps
+    roll[43, 1] = True
+    roll[46, 3:6] = True
+    text = encode(roll, encoding)
+    assert text.count("\n") == 6
+    back = decode(text + PIECE + "garbage", encoding, max_steps=6)
+    assert torch.equal(back, roll)
+
+
+def test_frame_tokens_by_hand():
+    roll = torch.zeros(88, 2, dtype=torch.bool)
+    roll[[39, 43], 0] = True  # C4 E4, then silence
+    assert encode(roll, "frame_tokens") == chr(33 + 39) + chr(33 + 43) + "\n\n"
+
+
+def test_key_finder_takes_pieces_to_c():
+    d_major = [Note(62 + s, i, 1.0) for i, s in enumerate([0, 2, 4, 5, 7, 9, 11, 12, 7, 4, 0])]
+    assert transposition(d_major) == -2
+    a_minor = [Note(57 + s, i, 1.0) for i, s in enumerate([0, 2, 3, 5, 7, 8, 11, 12, 7, 3, 0])]
+    assert transposition(a_minor) == 3  # A minor → C minor
+    piece = piece_from_notes("x", d_major, 1.0, transpose=True)
+    assert piece is not None and piece.roll[60 - 21, 0]  # D4 became C4
+
+
+def test_split_is_fixed_by_name_and_about_60_20_20():
+    splits = [Piece(f"bach/bwv{i}", torch.zeros(88, 1)).split for i in range(3000)]
+    share = {s: splits.count(s) / len(splits) for s in ("train", "valid", "test")}
+    assert abs(share["train"] - 0.6) < 0.03 and abs(share["test"] - 0.2) < 0.03
+    assert Piece("bach/bwv1", torch.zeros(1)).split == Piece("bach/bwv1", torch.ones(1)).split
+
+
+def test_synthesiser_sounds_the_note_it_is_given():
+    audio = render([Note(69, 0.0, 2.0)], tempo=60)  # A4 for two seconds
+    assert 0.85 < audio.abs().max() <= 0.9 + 1e-6
+    spectrum = torch.fft.rfft(audio[:SAMPLE_RATE])
+    peak = int(spectrum.abs()[1:].argmax()) + 1  # 1 Hz bins over one second
+    assert peak == 440
+    with wave.open(io.BytesIO(wav_bytes(audio))) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (SAMPLE_RATE, 1, 2)
+        assert w.getnframes() == audio.numel()
+
+
+def test_music_result_writes_midi_wav_and_rolls(tmp_path):
+    rolls = torch.zeros(2, 88, 8, dtype=torch.bool)
+    rolls[0, 39, :4] = True
+    rolls[1, [39, 43, 46], 2:8] = True
+    folder = Music(rolls=rolls, tempo=120).write(tmp_path / "s")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "00.mid", "00.wav", "01.mid", "01.wav", "rolls.png",
+    ]  # fmt: skip
+    assert _mido_notes((folder / "01.mid").read_bytes()) == [
+        (60, 2.0, 6.0), (64, 2.0, 6.0), (67, 2.0, 6.0),
+    ]  # fmt: skip
+
+
+def test_uniform_frame_model_scores_88_ln_2():
+    """Closed form: logits 0 give each of 88 notes probability 1/2, so every frame costs
+    88 ln 2 = 61.00 nats whatever it holds."""
+    from aigc_cli.build import build_model
+    from aigc_cli.data.base import DataSpec
+
+    model = build_model({"name": "frames", "n_layer": 1, "n_embd": 16, "n_head": 2},
+                        DataSpec("frames", [8, 88]))  # fmt: skip
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.zeros_(model.head.bias)
+    frames = (torch.rand(3, 8, 88) < 0.1).float()
+    out = model.evaluate((frames, torch.tensor([8, 5, 1])))
+    assert out["n"].item() == 14
+    assert out["frame_nll"].item() / 14 == pytest.approx(88 * math.log(2), rel=1e-6)
+    assert 88 * math.log(2) == pytest.approx(61.00, abs=0.005)
+
+
+def _midi_folder(root: Path, n: int = 30) -> Path:
+    """n short four-voice MIDI files, plus one broken file and one without notes."""
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        base = 48 + int(torch.randint(0, 12, (1,), generator=g))
+        notes = [Note(base + iv + 12 * v, float(t), 1.0) for t in range(16)
+                 for v, iv in enumerate((0, 4, 7, 12))]  # fmt: skip
+        (root / f"sub{i % 3}").mkdir(parents=True, exist_ok=True)
+        (root / f"sub{i % 3}" / f"p{i:02d}.mid").write_bytes(midi_bytes(notes, 100))
+    (root / "broken.mid").write_bytes(b"MThd not a midi file")
+    (root / "silent.mid").write_bytes(midi_bytes([], 100))
+    return root
+
+
+def test_midi_folder_skips_bad_files_with_one_warning(tmp_path, capsys):
+    from aigc_cli.build import build_data
+
+    folder = _midi_folder(tmp_path / "midi")
+    data = build_data({"name": "midi_folder", "path": str(folder), "representation": "frames",
+                       "window": 16})  # fmt: skip
+    assert data.spec.kind == "frames" and data.spec.shape == [16, 88]
+    out = capsys.readouterr().out
+    assert out.count("warning") == 1 and "skipped 2 of 32 MIDI files" in out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"no usable MIDI file in .*empty \(0 "):
+        build_data({"name": "midi_folder", "path": str(empty)})
+
+
+def test_missing_music_extra_is_one_line(monkeypatch):
+    import sys
+
+    from aigc_cli.build import build_data
+
+    monkeypatch.setitem(sys.modules, "music21", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"music.*extra.*pip install 'aigc\[music\]'"):
+        build_data({"name": "chorales"})
+
+
+def test_a_model_that_cannot_take_a_representation_is_one_line(make_cfg):
+    from aigc_cli.build import build_data, build_model
+
+    data = build_data({"name": "tunes", "representation": "frames", "window": 16})
+    with pytest.raises(ConfigError, match="cannot train on frames data"):
+        build_model({"name": "vae"}, data.spec)
+    with pytest.raises(ConfigError, match="roll images are square"):
+        build_data({"name": "tunes", "representation": "roll", "window": 32})
+
+
+MUSIC_RUNS = {
+    "frames": ["dataset.representation=frames", "dataset.window=16", "model.n_layer=1",
+               "model.n_embd=32"],
+    "transformer": ["dataset.representation=frame_tokens", "dataset.block_size=32",
+                    "model.n_layer=1", "model.n_embd=32", "model.n_head=2"],
+    "diffusion": ["dataset.representation=roll", "model.base_channels=8", "model.steps=2",
+                  "model.timesteps=20"],
+    "vae": ["dataset.representation=roll", "model.latent_dim=4", "model.base_channels=8"],
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MUSIC_RUNS)
+def test_each_family_trains_on_music_and_writes_midi_wav_and_rolls(model, tmp_path):
+    """Through the command line: train on the built-in tunes, then `aigc sample`; every MIDI
+    file written reads back in mido with notes, and TensorBoard holds the audio."""
+    from .helpers import event_tags
+
+    args = [f"model={model}", "dataset=tunes", "dataset.pieces=40", *MUSIC_RUNS[model],
+            "trainer.max_steps=4", "trainer.batch_size=8", "trainer.sample_every=4",
+            "trainer.eval_every=0", "trainer.progress=false", "trainer.device=cpu",
+            "hydra.run.dir=run"]  # fmt: skip
+    out = run_cli("train", *args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    step = tmp_path / "run" / "samples" / "step_000004"
+    assert (step / "rolls.png").is_file()
+    assert "samples/audio_0" in event_tags(tmp_path / "run")["audio"]
+    out = run_cli("sample", "run=run", "n=2", "out=listen", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    mids = sorted((tmp_path / "listen").glob("*.mid"))
+    assert len(mids) == 2 and (tmp_path / "listen" / "00.wav").is_file()
+    for mid in mids:
+        mido.MidiFile(str(mid))  # a standard MIDI file
+
+
+@pytest.mark.slow
+def test_a_token_model_continues_a_midi_prompt(tmp_path):
+    folder = _midi_folder(tmp_path / "midi", n=20)
+    args = ["model=transformer", "dataset=midi_folder", f"dataset.path={folder}",
+            *MUSIC_RUNS["transformer"], "trainer.max_steps=2", "trainer.batch_size=4",
+            "trainer.progress=false", "trainer.device=cpu", "hydra.run.dir=run"]  # fmt: skip
+    assert run_cli("train", *args, cwd=tmp_path).returncode == 0
+    prompt = folder / "sub0" / "p00.mid"
+    out = run_cli("sample", "run=run", "n=1", f"prompt_midi={prompt}", "prompt_steps=4",
+                  "max_new_tokens=8", "out=cont", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = _mido_notes((tmp_path / "cont" / "00.mid").read_bytes())
+    first = sorted(n[0] for n in got if n[1] == 0.0)
+    assert len(first) == 4  # the prompt's opening chord (transposed to C) comes back first
+    bad = run_cli("sample", "run=run", f"prompt_midi={folder / 'broken.mid'}", cwd=tmp_path)
+    assert bad.returncode == 2 and "prompt_midi" in bad.stderr and "Traceback" not in bad.stderr
