@@ -16,10 +16,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev,sweep,export]"
+	$(PY) -m pip install -e ".[dev,sweep,export,music]"
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install aigc (editable) with the dev tools, sweep plugins and ONNX export
+install: $(STAMP) ## create .venv and install aigc (editable) with the dev tools, sweep plugins, ONNX export and music
 
 train: $(STAMP) ## train the default model (VAE on built-in shapes); ARGS="model=gan ..." to change
 	$(AIGC) train $(ARGS)
@@ -28,9 +28,9 @@ sample: $(STAMP) ## sample the newest run; ARGS="run=<dir> n=16"
 	$(AIGC) sample $(ARGS)
 
 test: $(STAMP) ## the tests CI must pass: all but the whole matrix product (about 14 min on 2 cores)
-	$(PY) -m pytest -q -m "not matrix" $(ARGS)
+	$(PY) -m pytest -q -m "not full" $(ARGS)
 
-test-all: $(STAMP) ## every test, the whole combination-matrix product included
+test-all: $(STAMP) ## every test: also the whole combination-matrix product and the GPU script's CPU smoke run
 	$(PY) -m pytest -q $(ARGS)
 
 test-fast: $(STAMP) ## the tests not marked slow (about 4 min on 2 cores)

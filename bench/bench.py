@@ -656,7 +656,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # Log intervals per family: about 40-60 s of both loops per case on a 2-core CPU, so the
     # whole bench stays under 10 minutes there.
-    family_intervals = {"vae": 10, "gan": 10, "transformer": 8, "diffusion": 6, "flow": 6}
+    family_intervals = {"vae": 10, "gan": 10, "transformer": 8, "diffusion": 6, "flow": 6,
+                        "frames": 10}  # fmt: skip
     warmup = 1 if args.quick else 10
     small = ["trainer.num_samples=8", "trainer.eval_samples=100"]
     cases: dict[str, list[str]] = {
@@ -664,6 +665,14 @@ def main(argv: list[str] | None = None) -> None:
         "gan_shapes": ["model=gan", *small, "dataset.test_size=500"],
         "transformer_pydoc": ["model=transformer", *small],
         "diffusion_shapes": ["model=diffusion", *small, "dataset.test_size=500"],
+        # music: the independent-notes frame model on the built-in tunes (no extra needed)
+        "frames_tunes": [
+            "model=frames",
+            "dataset=tunes",
+            "dataset.representation=frames",
+            "dataset.window=32",
+            *small,
+        ],
     }
     mid_cases = {}
     if not args.quick:
@@ -674,7 +683,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         for name in cases:
             cases[name] += ["dataset.train_size=512", "dataset.test_size=64"] * (
-                name != "transformer_pydoc"
+                name not in ("transformer_pydoc", "frames_tunes")
             )
     mnist = args.data / "MNIST" / "raw"
     shakespeare = args.data / "tinyshakespeare" / "input.txt"

@@ -105,8 +105,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _forked_rank(rank: int, port: int, cfg: Any, run_dir: Path) -> None:
-    """One rank in a forked child: the env torchrun would give it, then the library's train()."""
+def _forked_rank(
+    rank: int, port: int, cfg: Any, run_dir: Path, poison: tuple[str, int, int] | None
+) -> None:
+    """One rank in a forked child: the env torchrun would give it, then the library's train();
+    `poison` = (model, step, rank): that rank's last stage of that step gets a NaN loss."""
+    if poison is not None:
+        from aigc_cli.registry import MODELS
+
+        name, step, bad_rank = poison
+        Recorder(MODELS.get(name).obj, step, nan_rank=bad_rank)
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
@@ -117,10 +125,17 @@ def _forked_rank(rank: int, port: int, cfg: Any, run_dir: Path) -> None:
     train(cfg, run_dir=run_dir)
 
 
-def two_ranks(cfg: Any, run_dir: Path, timeout: float = 900) -> None:
-    """Train `cfg` on two gloo ranks in forked children (no new interpreter imports torch)."""
-    ctx, port = multiprocessing.get_context("fork"), free_port()
-    procs = [ctx.Process(target=_forked_rank, args=(r, port, cfg, run_dir)) for r in (0, 1)]
+def two_ranks(
+    cfg: Any, run_dir: Path, timeout: float = 900, poison: tuple[str, int, int] | None = None
+) -> None:
+    """Train `cfg` on two gloo ranks, forked from a fork server that imported torch once: no new
+    interpreter per rank, and nothing of this process along (a torch.compile of an earlier test
+    leaves autograd threads that a plain fork cannot take)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "tests.helpers"])
+    port = free_port()
+    procs = [ctx.Process(target=_forked_rank, args=(r, port, cfg, run_dir, poison))
+             for r in (0, 1)]  # fmt: skip
     for p in procs:
         p.start()
     for p in procs:
@@ -135,6 +150,10 @@ KIND_DATA = {
     "image": ("shapes", ["dataset.image_size=16", "dataset.channels=1"]),
     "points": ("gaussians", []),
     "text": ("pydoc", ["dataset.block_size=16"]),
+    "frames": (
+        "tunes",
+        ["dataset.representation=frames", "dataset.window=16", "dataset.pieces=40"],
+    ),
 }
 # Small sizes of the families that have them; a family not listed trains at its defaults.
 SMALL = {
@@ -146,6 +165,7 @@ SMALL = {
     ],
     "flow": ["model.base_channels=8", "model.steps=2", "model.hidden=32"],
     "gan": ["model.g_channels=8", "model.d_channels=8", "model.hidden=32", "model.latent_dim=8"],
+    "frames": ["model.n_layer=1", "model.n_embd=32", "model.n_head=2"],
     "transformer": [
         "model.n_layer=1",
         "model.n_embd=32",

@@ -115,6 +115,7 @@ def test_results_of_another_machine_are_never_overwritten(bench, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_device_check_runs_every_family_and_mid_size_case(tmp_path):
     """The GPU script's plumbing, on the CPU (--smoke: a few steps, a quick compile backend):
     every registered family in each variant and both mid-size cases run through aigc's loop

@@ -247,3 +247,44 @@ def test_a_token_model_continues_a_midi_prompt(tmp_path):
     assert len(first) == 4  # the prompt's opening chord (transposed to C) comes back first
     bad = run_cli("sample", "run=run", f"prompt_midi={folder / 'broken.mid'}", cwd=tmp_path)
     assert bad.returncode == 2 and "prompt_midi" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_music_statistics_by_hand():
+    from aigc_cli.data.music import music_stats
+
+    roll = torch.zeros(88, 4, dtype=torch.bool)  # row 0 = A0 (pitch class 9)
+    roll[39, 0:2] = True  # C4 for two steps
+    roll[40, 2] = True  # C#4: out of C major and C minor
+    # frames: 1, 1, 1, 0 notes → 0.75 per frame, a quarter empty; 2 of 3 note-steps in key
+    stats = music_stats([roll], low=21)
+    assert stats["notes_per_frame"] == pytest.approx(0.75)
+    assert stats["empty_frames"] == pytest.approx(0.25)
+    assert stats["in_key"] == pytest.approx(2 / 3)
+    # pitch classes C (2 steps) and C# (1 step): entropy of (2/3, 1/3) in bits
+    h = -(2 / 3) * math.log2(2 / 3) - (1 / 3) * math.log2(1 / 3)
+    assert stats["pitch_class_entropy"] == pytest.approx(h)
+
+
+def test_transposed_training_windows_resume_exactly_and_keep_the_test_split():
+    from aigc_cli.build import build_data
+    from aigc_cli.data.music import shift_pitch
+
+    x = torch.zeros(2, 5)
+    x[1, 0], x[0, 4] = 1, 1
+    assert shift_pitch(x, 2, 1).nonzero().tolist() == [[1, 2]]  # C up 2; the top note drops
+    data = build_data({"name": "tunes", "representation": "frames", "window": 16, "augment": 3})
+    plain = build_data({"name": "tunes", "representation": "frames", "window": 16})
+    a = data.train_iter(8, seed=1)
+    next(a)
+    state = a.state_dict()
+    want = next(a)[0]
+    b = data.train_iter(8, seed=1)
+    b.load_state_dict(state)
+    assert torch.equal(next(b)[0], want)
+    # the same windows as without augmentation, shifted: the note counts per window differ only
+    # by notes moved off the keyboard, and some window moved
+    c = plain.train_iter(8, seed=1)
+    next(c)
+    base = next(c)[0]
+    assert not torch.equal(base, want) and want.sum() <= base.sum()
+    assert torch.equal(next(iter(data.eval_iter(8)))[0], next(iter(plain.eval_iter(8)))[0])

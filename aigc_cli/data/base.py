@@ -59,6 +59,9 @@ class DataModule:
     """Base for in-memory datasets; subclasses fill `spec` and implement the iterators."""
 
     spec: DataSpec
+    #: samples drawn for `sample_metrics` at most (0 = as many as asked): music is drawn
+    #: autoregressively, a piece at a time per step, so it asks for fewer than images do
+    metric_samples: int = 0
 
     def to(self, device: torch.device) -> DataModule:
         return self

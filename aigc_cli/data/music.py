@@ -23,9 +23,17 @@ import torch
 from torch import Tensor
 
 from aigc_cli.config import check
-from aigc_cli.data.base import DataModule, DataSpec, TensorData
+from aigc_cli.data.base import (
+    Batch,
+    BatchIterator,
+    DataModule,
+    DataSpec,
+    TensorData,
+    _EpochIterator,
+)
 from aigc_cli.data.text import TextData, make_tokenizer
 from aigc_cli.errors import DataError
+from aigc_cli.results import Music, SampleResult
 from aigc_cli.results.midi import Note
 from aigc_cli.results.music import notes_to_roll, roll_to_notes
 
@@ -44,6 +52,45 @@ MAJOR = [6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88]
 MINOR = [6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17]
 
 
+C_MAJOR = {0, 2, 4, 5, 7, 9, 11}
+C_MINOR = {0, 2, 3, 5, 7, 8, 10, 11}  # natural minor with the raised seventh of harmonic minor
+
+
+def music_stats(rolls: list[Tensor], low: int) -> dict[str, float]:
+    """Statistics of pieces, each a (pitches, steps) roll, averaged over the pieces: notes per
+    frame, the share of empty frames, the share of sounding note-steps in C major or C minor
+    (whichever fits the piece better: the data are transposed to C); and the entropy in bits
+    of the pitch-class histogram of all pieces together."""
+    per_piece, pooled = [], torch.zeros(12)
+    for roll in rolls:
+        roll = roll.bool().cpu()
+        frames = roll.sum(0).float()  # (steps,) notes sounding per frame
+        classes = (torch.arange(roll.shape[0]) + low) % 12
+        hist = torch.zeros(12).index_add_(0, classes, roll.sum(1).float())
+        pooled += hist
+        total = max(hist.sum().item(), 1.0)
+        key = max(hist[sorted(C_MAJOR)].sum().item(), hist[sorted(C_MINOR)].sum().item())
+        per_piece.append([frames.mean().item(), (frames == 0).float().mean().item(), key / total])
+    means = torch.tensor(per_piece).mean(0).tolist()
+    p = pooled / pooled.sum().clamp(min=1)
+    entropy = -(p[p > 0] * p[p > 0].log2()).sum().item()
+    return {"notes_per_frame": means[0], "empty_frames": means[1], "in_key": means[2],
+            "pitch_class_entropy": entropy}  # fmt: skip
+
+
+class MusicStats:
+    """Sample statistics of music data beside the same statistics of its test pieces."""
+
+    metric_samples = 16
+    reference: dict[str, float]
+
+    def sample_metrics(self, samples: SampleResult) -> dict[str, float]:
+        assert isinstance(samples, Music), "music data gets music samples"
+        stats = music_stats(list(samples.rolls), samples.low)
+        return {**{f"samples_{k}": v for k, v in stats.items()},
+                **{f"real_{k}": v for k, v in self.reference.items()}}  # fmt: skip
+
+
 @dataclass
 class MusicConfig:
     representation: str = "roll"  # roll | frames | frame_tokens | events
@@ -54,6 +101,7 @@ class MusicConfig:
     tokenizer: str = "char"  # frame_tokens / events: char (one token per symbol) | bpe
     vocab_size: int = 0  # bpe: tokens in the vocabulary (more than 256); others: 0
     tempo: float = 90.0  # quarter notes per minute of the MIDI files and audio written
+    augment: int = 0  # frames/roll: shift training windows by up to ± this many semitones
 
 
 @dataclass
@@ -103,6 +151,7 @@ def music_data(pieces: list[Piece], cfg: MusicConfig, source: str) -> DataModule
     check(cfg.grid in GRIDS, "dataset.grid", f"'{cfg.grid}'; choose from: {', '.join(GRIDS)}")
     check(cfg.window >= 4, "dataset.window", f"{cfg.window} must be >= 4")
     check(cfg.tempo > 0, "dataset.tempo", "must be > 0")
+    check(0 <= cfg.augment <= 12, "dataset.augment", f"{cfg.augment} must be in [0, 12]")
     parts = {s: [p for p in pieces if p.split == s] for s in SPLITS}
     for split in ("train", "test"):
         if not parts[split]:
@@ -145,7 +194,10 @@ def roll_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> T
     spec = DataSpec(kind="image", shape=[1, ROLL_PITCHES, cfg.window], binary=True,
                     extra={"music": music})  # fmt: skip
     zeros = lambda x: torch.zeros(x.shape[0], dtype=torch.long)  # noqa: E731
-    return TensorData(spec, (train, zeros(train)), (test, zeros(test)))
+    data = RollData(spec, (train, zeros(train)), (test, zeros(test)))
+    data.augment = cfg.augment
+    data.reference = music_stats([r[0] > 0 for r in test], ROLL_LOW)
+    return data
 
 
 def frame_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> TensorData:
@@ -165,11 +217,64 @@ def frame_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> 
 
     train, test = windows(parts["train"]), windows(parts["test"])
     spec = DataSpec(kind="frames", shape=[cfg.window, KEYS], binary=True, extra={"music": music})
-    return FrameData(spec, train, test)
+    data = FrameData(spec, train, test)
+    data.augment = cfg.augment
+    data.reference = music_stats([p.roll for p in parts["test"]], PIANO_LOW)
+    return data
 
 
-class FrameData(TensorData):
-    """Frame windows are 0/1 already: handed out as float without scaling."""
+class Transposed(_EpochIterator):
+    """Training batches, each window shifted in pitch by its own random number of semitones
+    (at most ± `augment`; notes shifted off the keyboard drop). The shifts are drawn from the
+    iterator's position, so a resumed run sees the same ones."""
+
+    def __init__(self, data: TensorData, batch_size: int, seed: int, augment: int, axis: int):
+        super().__init__(data, batch_size, seed)
+        self.augment, self.axis = augment, axis
+
+    def __next__(self) -> Batch:
+        x, y = super().__next__()
+        g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 100_003 + self.pos)
+        shifts = torch.randint(-self.augment, self.augment + 1, (x.shape[0],), generator=g)
+        return torch.stack(
+            [shift_pitch(w, int(k), self.axis) for w, k in zip(x, shifts, strict=True)]
+        ), y
+
+
+def shift_pitch(x: Tensor, k: int, axis: int) -> Tensor:
+    """`x` moved k steps along `axis` (pitch), zeros shifted in."""
+    if k == 0:
+        return x
+    out = torch.zeros_like(x)
+    n = x.shape[axis]
+    src = x.narrow(axis, max(0, -k), n - abs(k))
+    out.narrow(axis, max(0, k), n - abs(k)).copy_(src)
+    return out
+
+
+class MusicTensors(MusicStats, TensorData):
+    """Rolls or frames held as tensors, with the music statistics of samples and optional
+    transposition of the training windows."""
+
+    augment = 0
+    pitch_axis = 0  # the pitch axis of one sample
+
+    def train_iter(self, batch_size: int, seed: int) -> BatchIterator:
+        if not self.augment:
+            return super().train_iter(batch_size, seed)
+        return Transposed(self, batch_size, seed, self.augment, self.pitch_axis)
+
+
+class RollData(MusicTensors):
+    """Piano-roll images (1, pitches, steps)."""
+
+    pitch_axis = 1
+
+
+class FrameData(MusicTensors):
+    """Frame windows (steps, 88), 0/1 already: handed out as float without scaling."""
+
+    pitch_axis = 1
 
     def take(self, split: str, idx: Tensor) -> tuple[Tensor, Tensor]:
         x, lengths = self.train if split == "train" else self.test
@@ -183,11 +288,21 @@ def token_data(
     train = "".join(encode(p.roll, cfg.representation) + PIECE for p in parts["train"])
     test = "".join(encode(p.roll, cfg.representation) + PIECE for p in parts["test"])
     tokenizer = make_tokenizer(cfg.tokenizer, train + test, cfg.vocab_size, len(train))
-    data = TextData(train + test, tokenizer, cfg.block_size, source, split_at=len(train))
-    per_step = data.spec.extra["tokens_per_char"] * len(test) / test.count(STEP)
-    data.spec.extra.update(music={**music, "encoding": cfg.representation},
-                           tokens_per_frame=per_step)  # fmt: skip
+    data = MusicText(train + test, tokenizer, cfg.block_size, source, split_at=len(train))
+    data.reference = music_stats([p.roll for p in parts["test"]], PIANO_LOW)
+    per_char = data.spec.extra["tokens_per_char"] * len(test)  # tokens of the test text
+    notes = sum(1 for ch in test if 0 <= ord(ch) - PITCH_CHAR < KEYS)
+    if cfg.representation == "frame_tokens":
+        data.spec.extra["tokens_per_frame"] = per_char / test.count(STEP)
+    else:
+        data.spec.extra["tokens_per_step"] = per_char / test.count(STEP)
+        data.spec.extra["tokens_per_note"] = per_char / max(notes, 1)
+    data.spec.extra["music"] = {**music, "encoding": cfg.representation}
     return data
+
+
+class MusicText(MusicStats, TextData):
+    """Music tokens as text, with the music statistics of samples."""
 
 
 def encode_frames(roll: Tensor) -> str:

@@ -42,10 +42,10 @@ def tune(name: str, cfg: TunesConfig, g: torch.Generator) -> Piece | None:
     while t < cfg.length:
         hold = min(int(torch.randint(1, 5, (1,), generator=g)), cfg.length - t)
         triad = [SCALE[(degree + k) % 7] + 12 * ((degree + k) // 7) for k in (0, 2, 4)]
-        bass = 48 + triad[0]
+        bass = 36 + triad[0]
         # the soprano: the chord tone nearest the previous one
         top = min((60 + c + 12 * o for c in triad for o in (0, 1)), key=lambda p: abs(p - top))
-        for pitch in (bass, 55 + triad[1] % 12, 60 + triad[2] % 12, top):
+        for pitch in (bass, 48 + triad[1] % 12, 60 + triad[2] % 12, top):
             notes.append(Note(pitch, float(t), float(hold)))
         nexts = PROGRESSION.get(degree, [0])
         degree = nexts[int(torch.randint(len(nexts), (1,), generator=g))]

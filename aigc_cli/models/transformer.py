@@ -262,9 +262,12 @@ class Transformer(GenerativeModel):
         ratio = self._tokens_per_char()
         if ratio:
             out["bits_per_char"] = loss * ratio / math.log(2)
-        per_frame = self.spec.extra.get("tokens_per_frame")
-        if per_frame:
-            out["frame_nll"] = loss * per_frame
+        extra = self.spec.extra
+        if extra.get("tokens_per_frame"):
+            out["frame_nll"] = loss * extra["tokens_per_frame"]
+        if extra.get("tokens_per_step"):
+            out["nll_per_step"] = loss * extra["tokens_per_step"]
+            out["bits_per_note"] = loss * extra["tokens_per_note"] / math.log(2)
         return out
 
     def describe_metrics(self, options: dict[str, Any]) -> dict[str, str]:
@@ -285,7 +288,16 @@ class Transformer(GenerativeModel):
             f"bits_per_{self._unit()}": "loss / ln 2",
             "perplexity": "exp(loss)",
         }
-        per_frame = self.spec.extra.get("tokens_per_frame")
+        extra = self.spec.extra
+        if extra.get("tokens_per_step"):
+            notes["nll_per_step"] = (
+                f"loss × {extra['tokens_per_step']:.4f} tokens per grid step of the test "
+                "pieces: nats per step of the note events (pitch and duration at each onset)"
+            )
+            notes["bits_per_note"] = (
+                f"loss / ln 2 × {extra['tokens_per_note']:.4f} tokens per note of the test pieces"
+            )
+        per_frame = extra.get("tokens_per_frame")
         if per_frame:
             notes["frame_nll"] = (
                 f"loss × {per_frame:.4f} tokens per grid step of the test pieces: nats per time "

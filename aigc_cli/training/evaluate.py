@@ -65,7 +65,8 @@ def evaluate(
             extra = None
             if world.is_main:
                 g = torch.Generator().manual_seed(seed)
-                samples = model.sample(num_samples, generator=g, **(sample_options or {}))
+                n = min(num_samples, data.metric_samples or num_samples)
+                samples = model.sample(n, generator=g, **(sample_options or {}))
                 extra = data.sample_metrics(samples)
                 if samples.nfe is not None:
                     extra["nfe"] = float(samples.nfe)
