@@ -86,7 +86,8 @@ class MusicStats:
 
     def sample_metrics(self, samples: SampleResult) -> dict[str, float]:
         assert isinstance(samples, Music), "music data gets music samples"
-        stats = music_stats(list(samples.rolls), samples.low)
+        # pieces of different lengths come padded with silence: trailing silence is not theirs
+        stats = music_stats([_trim(r) for r in samples.rolls], samples.low)
         return {**{f"samples_{k}": v for k, v in stats.items()},
                 **{f"real_{k}": v for k, v in self.reference.items()}}  # fmt: skip
 
