@@ -5,10 +5,21 @@ Hydra configs as `aigc train` and returns the final metrics."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from aigc_cli.results import SampleResult
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
+
+from aigc_cli.build import resolve_device
+from aigc_cli.cli.app import describe_error
+from aigc_cli.commands.train import GROUPS
+from aigc_cli.errors import AigcError, ConfigError
+from aigc_cli.results import SampleResult
+from aigc_cli.store.rundir import RunDir
+from aigc_cli.store.runs import load_run, resolve_checkpoint
+from aigc_cli.training.loop import train as _train
 
 
 class Model:
@@ -30,8 +41,6 @@ class Model:
         self.metrics: dict[str, Any] = dict(record.get("metrics") or {})
 
     def sample(self, n: int = 1, seed: int = 0, **options: Any) -> SampleResult:
-        import torch
-
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             return self.module.sample(n, generator=g, **options)
@@ -54,9 +63,6 @@ def load(
     """The model of an export folder, a run dir (its `checkpoint`: last or best) or a checkpoint
     file, on `device`; EMA weights when the run kept them (unless ema=False). Loading runs no
     code from the file (safetensors, or torch.load with weights_only)."""
-    from aigc_cli.build import resolve_device
-    from aigc_cli.store.runs import load_run, resolve_checkpoint
-
     ckpt_path = resolve_checkpoint(Path(path), checkpoint)
     module, record = load_run(ckpt_path, resolve_device(device), use_ema=ema)
     if "metrics" not in record:
@@ -70,14 +76,6 @@ def train(
     """Train as `aigc train <overrides>` does (the same configs, groups and validation) and
     return the final test metrics. The run goes to `run_dir`, or to a new dated folder under
     the outputs root."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf, open_dict
-
-    from aigc_cli.commands.train import GROUPS
-    from aigc_cli.errors import AigcError, ConfigError
-    from aigc_cli.training.loop import train as _train
-
     overrides = list(overrides or [])
     GlobalHydra.instance().clear()
     try:
@@ -86,8 +84,6 @@ def train(
     except AigcError:
         raise
     except Exception as e:  # Hydra's composition errors, said as `aigc train` says them
-        from aigc_cli.cli.app import describe_error
-
         message, _ = describe_error(e, overrides)
         if message is None:
             raise
@@ -102,6 +98,4 @@ def train(
 
 
 def _final_metrics(ckpt_path: Path, step: int) -> dict[str, Any]:
-    from aigc_cli.store.rundir import RunDir
-
     return RunDir.of_checkpoint(ckpt_path).record_at(ckpt_path, step)["metrics"]

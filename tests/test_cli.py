@@ -101,7 +101,8 @@ def test_multirun_train_sample_eval_end_to_end(tmp_path, run_main):
 BAD_INPUTS = [
     (
         ["model=gna"],
-        "unknown model 'gna'; choose from: classifier, diffusion, flow, frames, gan, transformer, vae",
+        "unknown model 'gna'; choose from: classifier, diffusion, flow, frames, gan, transformer, "
+        "vae",
     ),
     (["dataset=nope"], "unknown dataset 'nope'; choose from:"),
     (["optim=sgdd"], "unknown optim 'sgdd'; choose from: adam, adamw"),

@@ -179,7 +179,6 @@ def _resume_overrides(args: list[str]) -> list[str]:
 
 
 def _auto_resume(args: list[str]) -> list[str]:
-    from pathlib import Path
 
     run_dir = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
     if run_dir is None:
@@ -188,8 +187,9 @@ def _auto_resume(args: list[str]) -> list[str]:
             "hydra.run.dir=<dir>",
             2,
         )
-    has_ckpt = (Path(run_dir) / "checkpoints" / "last.pt").is_file()
-    value = f"resume={run_dir}" if has_ckpt else "resume=null"
+    from aigc_cli.store.rundir import RunDir
+
+    value = f"resume={run_dir}" if RunDir(run_dir).has_checkpoint() else "resume=null"
     return [value if a == "resume=auto" else a for a in args]
 
 

@@ -5,16 +5,16 @@ dataset config, never from the file being loaded."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+from torch.utils.tensorboard import SummaryWriter
 
-from aigc_cli.atomic import write_text
 from aigc_cli.build import build_data, resolve_device
 from aigc_cli.commands.sample import sampler_options
 from aigc_cli.config import check, command_options, validate
@@ -24,6 +24,7 @@ from aigc_cli.errors import ConfigError
 from aigc_cli.metrics.quality import GROUPS, MetricsConfig
 from aigc_cli.models.base import SamplerOptions
 from aigc_cli.registry import DATASETS
+from aigc_cli.store.rundir import RunDir
 from aigc_cli.store.runs import load_run, load_sample_quality, resolve_checkpoint, run_dir_of
 from aigc_cli.training.evaluate import evaluate
 from aigc_cli.training.logger import flatten, write_hparams
@@ -51,8 +52,6 @@ class EvalConfig(SamplerOptions):
 
 
 def run_eval(node: DictConfig) -> dict[str, float]:
-    import torch
-
     values = command_options(node)
     cfg = validate("eval", EvalConfig, values)
     check(cfg.batch_size >= 1, "batch_size", "must be >= 1")
@@ -162,8 +161,6 @@ def quality_metrics(cfg: EvalConfig, model: Any, data: Any, dataset_name: str, d
 
 
 def print_table(ckpt_path: Path, ckpt: dict[str, Any], metrics: dict[str, float], note: bool):
-    from rich.table import Table
-
     table = Table(title=f"eval of {ckpt_path} (step {ckpt['step']})")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -188,27 +185,21 @@ def _record_eval(
     figures stay as they are), and as an hparams session in tb/eval beside the run's events,
     so TensorBoard's HParams tab lists evaluated runs by their config."""
 
-    path = run_dir / "metrics.json"
-    record: dict[str, Any] = {}
-    if path.is_file():
-        with contextlib.suppress(ValueError):
-            record = json.loads(path.read_text())
+    run = RunDir(run_dir)
+    record = run.read_metrics()
     record.setdefault("eval", {})[Path(ckpt_path).stem] = {
         "checkpoint": str(ckpt_path),
         "step": ckpt["step"],
         **{f"test/{k}": v for k, v in metrics.items()},
         "methods": {f"test/{k}": v for k, v in notes.items()},
     }
-    write_text(path, json.dumps(record, indent=2) + "\n")
-
-    console.print(f'[green]written[/] {path} (under "eval")')
+    run.write_metrics(record)
+    console.print(f'[green]written[/] {run.metrics} (under "eval")')
     hp = {
         k: v
         for k, v in flatten(ckpt.get("config") or {}).items()
         if k.split(".")[0] in ("model", "dataset", "optim", "trainer", "seed")
     }
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(log_dir=str(run_dir / "tb" / "eval"))
+    writer = SummaryWriter(log_dir=str(run.tb_eval))
     write_hparams(writer, hp, {f"eval/{k}": v for k, v in metrics.items()}, int(ckpt["step"]))
     writer.close()

@@ -16,7 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
 
 from aigc_cli.atomic import write_json, write_text
 from aigc_cli.console import console
@@ -38,8 +41,6 @@ class SweepFailed(AigcError):
 def job_overrides() -> list[str]:
     """This job's own overrides (those that tell it apart from its siblings), as Hydra lists
     them, without the resume_sweep flag."""
-    from hydra.core.hydra_config import HydraConfig
-
     return [o for o in HydraConfig.get().overrides.task if not o.startswith("resume_sweep=")]
 
 
@@ -127,7 +128,7 @@ def run_job(
             record["error"] = f"{e}" + (f" ({e.hint})" if e.hint else "")
         else:
             record["error"] = f"{type(e).__name__}: {e}"
-            write_text(job_dir / "error.txt", traceback.format_exc())
+            write_text(RunDir(job_dir).error, traceback.format_exc())
         record["status"] = "failed"
         write_record(job_dir, record)
         console.print(f"[bold red]job failed:[/] {' '.join(overrides)}: {record['error']}")
@@ -163,8 +164,6 @@ def _job_number(path: Path) -> tuple[int, str]:
 
 
 def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, maximize: bool = False) -> None:
-    from rich.table import Table
-
     table = Table(title=f"sweep {sweep_dir}", header_style="bold")
     for col in ("job", "overrides", "status", "metric"):
         table.add_column(col, justify="right" if col == "metric" else "left")
@@ -186,12 +185,6 @@ def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, maximize: bool = 
         best = pick(done, key=lambda r: r["value"])
         own = " ".join(o for o in best["overrides"] if o not in shared)
         console.print(f"best: job {best['job']} ({own}) {best['metric']}={best['value']:.5g}")
-
-
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover - hydra < 1.1
-    Callback = object  # type: ignore[assignment,misc]
 
 
 class SweepSummary(Callback):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from aigc_cli.commands.sweep import objective, run_job
@@ -19,9 +21,6 @@ GROUPS = ("model", "dataset", "optim", "trainer", "experiment", "hparams_search"
 
 def run_train(cfg: DictConfig) -> float | None:
     """Train one run (or one job of a sweep); returns what a sweeper optimises."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
     run_dir = Path(hydra.runtime.output_dir) if hydra else None
     if hydra is not None and hydra.mode == RunMode.MULTIRUN:
@@ -54,8 +53,6 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     run trains the model it started with, e.g. `aigc train resume=latest trainer.max_steps=5000`.
     Re-running the command that started the run (a requeue) repeats its group choices
     (`model=gan`): those are accepted; only a real change of group is refused."""
-    from hydra.core.hydra_config import HydraConfig
-
     ckpt = load_checkpoint(resolve_checkpoint(cfg.resume))
     base = OmegaConf.create(ckpt["config"])
     before = {**_implied_choices(base), **(ckpt.get("choices") or {})}
@@ -89,8 +86,6 @@ def _implied_choices(cfg: DictConfig) -> dict[str, str]:
 
 def hydra_choices() -> dict[str, str]:
     """The config groups this command picked (model=gan, experiment=...), as Hydra saw them."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return {}
     choices = HydraConfig.get().runtime.choices

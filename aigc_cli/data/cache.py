@@ -6,12 +6,14 @@ unwritable cache only costs the rendering. AIGC_CACHE=off disables it."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from aigc_cli.atomic import write_bytes
@@ -35,18 +37,11 @@ def cached(
     digest = hashlib.sha256(json.dumps([name, key, version], sort_keys=True).encode()).hexdigest()
     path = folder / f"{name}-{digest[:20]}.safetensors" if folder else None
     if path is not None and path.is_file():
-        try:
-            from safetensors.torch import load_file
-
+        with contextlib.suppress(Exception):  # a damaged entry: render again and replace it
             return load_file(str(path))
-        except Exception:  # a damaged entry: render again and replace it
-            pass
     tensors = make()
     if path is not None:
-        try:
-            from safetensors.torch import save
-
+        # a read-only home or a full disk: the cache is only a speed-up
+        with contextlib.suppress(Exception):
             write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
-        except Exception:  # a read-only home or a full disk: the cache is only a speed-up
-            pass
     return tensors

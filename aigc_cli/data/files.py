@@ -6,11 +6,14 @@ cannot be read are skipped, and counted in one warning."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torchvision.datasets as tvd
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -38,8 +41,6 @@ def warn(message: str) -> None:
 def load_image(path: str | Path, size: int, channels: int) -> Tensor:
     """(channels, size, size) uint8: the shorter side resized to `size` (antialiased), then
     the centre cropped square."""
-    from PIL import Image
-
     with Image.open(path) as im:
         if im.format == "JPEG":
             im.draft("RGB" if channels == 3 else "L", (size, size))  # decode at a reduced scale
@@ -118,8 +119,6 @@ class _Verifier(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, bool]:
-        from PIL import Image
-
         try:
             with Image.open(self.paths[i]) as im:
                 im.verify()
@@ -310,9 +309,6 @@ def native_shape(paths: list[str], size: str, channels: str) -> tuple[int, int]:
     """`dataset.image_size` and `dataset.channels`, with `auto` read from the files' headers
     (no decoding): the most common shorter side, capped at AUTO_MAX_SIZE, and grey when every
     file is a grey-mode image. Folders of more than AUTO_SCAN files are sampled evenly."""
-    from collections import Counter
-
-    from PIL import Image
 
     def number(value: str, key: str) -> int:
         try:
@@ -432,8 +428,6 @@ def celeba(cfg: CelebAConfig) -> DataModule:
                 "or set dataset.download=true when online",
             )
         try:
-            import torchvision.datasets as tvd
-
             tvd.CelebA(str(Path(cfg.root).expanduser()), split="all", download=True)
         except Exception as e:  # no network, Google Drive quota, a corrupt archive
             raise DataError(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchvision.datasets as tvd
 from torch import Tensor
 
 from aigc_cli.config import check
@@ -90,8 +91,6 @@ def _missing(root: Path, src: _Source) -> list[str]:
 
 def _load_split(name: str, root: Path, train: bool, download: bool) -> tuple[Tensor, Tensor]:
     """(N, C, H, W) uint8 images and (N,) int64 labels, straight from torchvision's arrays."""
-    import torchvision.datasets as tvd
-
     cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[name]
     ds = cls(str(root), train=train, download=download)
     data = torch.as_tensor(ds.data)

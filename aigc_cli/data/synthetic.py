@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
@@ -77,7 +77,6 @@ def shapes(cfg: ShapesConfig) -> TensorData:
     check(cfg.channels in (1, 3), "dataset.channels", f"{cfg.channels} must be 1 or 3")
     check(cfg.train_size >= 1 and cfg.test_size >= 1, "dataset.train_size", "sizes must be >= 1")
     check(0 < cfg.min_size <= cfg.max_size <= 1, "dataset.min_size", "need 0 < min <= max <= 1")
-    from dataclasses import asdict
 
     def render() -> dict[str, Tensor]:
         g = torch.Generator().manual_seed(cfg.seed)

@@ -7,9 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from pydoc_data.topics import topics
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from aigc_cli.config import check
 from aigc_cli.data.base import Batch, BatchIterator, DataModule, DataSpec
@@ -76,16 +79,11 @@ class BPETokenizer:
     kind = "bpe"
 
     def __init__(self, serialized: str) -> None:
-        from tokenizers import Tokenizer as HFTokenizer
-
         self.serialized = serialized
         self.tok = HFTokenizer.from_str(serialized)
 
     @classmethod
     def fit(cls, text: str, vocab_size: int) -> BPETokenizer:
-        from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, pre_tokenizers, trainers
-
         alphabet = pre_tokenizers.ByteLevel.alphabet()
         need = f"{vocab_size}: a byte-level BPE needs more than its {len(alphabet)} byte tokens"
         check(vocab_size > len(alphabet), "dataset.vocab_size", need)
@@ -268,8 +266,6 @@ class PydocConfig:
 
 
 def pydoc_text() -> str:
-    from pydoc_data.topics import topics
-
     return "".join(topics[k] for k in sorted(topics))
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from aigc_cli.build import resolve_device
 from aigc_cli.data.base import Batch, BatchIterator
 from aigc_cli.errors import ConfigError
 
@@ -71,8 +72,6 @@ def current() -> World:
 def init(device_name: str, timeout_s: float = 1800.0) -> tuple[World, torch.device]:
     """Join the process group torchrun describes and pick this rank's device. Without torchrun
     this only resolves the device."""
-    from aigc_cli.build import resolve_device
-
     world = world_from_env()
     if not world.parallel:
         return world, resolve_device(device_name)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.inception import Inception3
 
 from aigc_cli.errors import CheckpointError
 
@@ -55,8 +56,6 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, num_classes: int = FID_CLASSES) -> None:
         super().__init__()
-        from torchvision.models.inception import Inception3
-
         net = Inception3(
             num_classes=num_classes, aux_logits=False, transform_input=False, init_weights=False
         )

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from aigc_cli.config import check
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.data.music import music_spec
-from aigc_cli.models.base import GenerativeModel, Stage
+from aigc_cli.models.base import GenerativeModel, OnnxGraph, Stage
 from aigc_cli.models.transformer import GPT, Block
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.registry import MODELS
@@ -85,6 +85,18 @@ class FrameModel(GenerativeModel):
     def describe_metrics(self, options: dict[str, Any]) -> dict[str, str]:
         return {"frame_nll": "negative log-likelihood of the test frames, nats per time step "
                 "(88 independent Bernoulli notes; a uniform guess scores 61.00)"}  # fmt: skip
+
+    def onnx_graphs(self) -> list[OnnxGraph]:
+        keys = self.start.numel()
+
+        def example(n: int) -> dict[str, Tensor]:
+            steps = max(1, min(n, self.window))
+            return {"frames": (torch.rand(n, steps, keys) < 0.1).float()}
+
+        dynamic = {"frames": {0: "batch", 1: "steps"}, "logits": {0: "batch", 1: "steps"}}
+        about = (f"frames (batch, steps ≤ {self.window}, {keys}) 0/1 → logits of each frame's "
+                 f"{keys} notes given the frames before it")  # fmt: skip
+        return [OnnxGraph("frames", self, example, ["logits"], dynamic, about)]
 
     @torch.no_grad()
     def sample(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
+from torchvision.utils import make_grid, save_image
 
 from aigc_cli.atomic import write_bytes
 from aigc_cli.results.base import Board, SampleResult
@@ -41,15 +42,11 @@ class Images(SampleResult):
 
 def to_grid(images: Tensor, nrow: int = 8) -> Tensor:
     """(N, C, H, W) in [0, 1] → one (C, H', W') grid with 2-pixel gaps."""
-    from torchvision.utils import make_grid
-
     return make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2)
 
 
 def save_grid(images: Tensor, path: Path, nrow: int = 8) -> Tensor:
     """Save (N, C, H, W) images in [0, 1] as one PNG grid; returns the grid (C, H', W')."""
-    from torchvision.utils import save_image
-
     grid = to_grid(images, nrow)
     buf = io.BytesIO()
     save_image(grid, buf, format="png")

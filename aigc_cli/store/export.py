@@ -9,6 +9,7 @@ An export folder works wherever a run does: `aigc sample run=<folder>`, `aigc ev
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import tempfile
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 
 from aigc_cli.atomic import current_umask, write_bytes, write_text
 from aigc_cli.build import rebuild
@@ -67,8 +70,6 @@ def write_metadata(folder: Path, meta: dict[str, Any], ckpt_path: Path) -> None:
 
 def read_weights_into(model: Any, folder: Path) -> Any:
     """A copy of `model` holding the folder's weights (as stored, back in fp32)."""
-    import copy
-
     clone = copy.deepcopy(model)
     clone.load_state_dict(load_weights(folder / WEIGHTS))
     return clone.eval()
@@ -78,8 +79,6 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype)
     """safetensors refuses tensors that share memory (the transformer's tied embedding and
     output head): each shared tensor is stored once and its other names recorded in the
     header's metadata, to be filled in again on load."""
-    from safetensors.torch import save
-
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
@@ -96,8 +95,6 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)

@@ -7,7 +7,7 @@
     <run>/tb/                   TensorBoard events (tb/eval: `aigc eval`'s HParams session)
     <run>/samples/              grids, texts and the other files `aigc sample` and the loop write
     <run>/export/               `aigc export`'s default folder
-    <run>/job.json              a sweep job's record
+    <run>/job.json              a sweep job's record (error.txt: a failed job's traceback)
     <run>/.hydra/overrides.yaml Hydra's record of the command line
 
 Every file it writes goes through `aigc_cli.atomic`."""
@@ -93,6 +93,11 @@ class RunDir:
     @property
     def export(self) -> Path:
         return self.path / "export"
+
+    @property
+    def error(self) -> Path:
+        """A failed sweep job's traceback."""
+        return self.path / "error.txt"
 
     @property
     def job(self) -> Path:

@@ -4,6 +4,7 @@ progress bar, end-of-run summary)."""
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,6 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from aigc_cli.atomic import write_bytes
 from aigc_cli.console import console
 from aigc_cli.store.rundir import RunDir
 
@@ -141,8 +141,6 @@ class RunLogger:
 
     def error(self, error: BaseException) -> None:
         """A failed run's error and traceback, into train.log."""
-        import traceback
-
         if not self._file.closed:
             self._file.write("".join(traceback.format_exception(error)))
 
@@ -218,26 +216,7 @@ class Throughput:
         return r
 
 
-def save_grid(images: Tensor, path: Path, nrow: int = 8) -> Tensor:
-    """Save (N, C, H, W) images in [0, 1] as one PNG grid; returns the grid (C, H', W')."""
-    import io
-
-    from torchvision.utils import make_grid, save_image
-
-    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2)
-    buf = io.BytesIO()
-    save_image(grid, buf, format="png")
-    write_bytes(Path(path), buf.getvalue())
-    return grid
-
-
-def to_grid(images: Tensor, nrow: int = 8) -> Tensor:
-    from torchvision.utils import make_grid
-
-    return make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2)
-
-
-__all__ = ["RunLogger", "Throughput", "config_tree", "console", "flatten", "save_grid", "to_grid"]
+__all__ = ["RunLogger", "Throughput", "config_tree", "console", "flatten"]
 
 
 class QuietLogger(RunLogger):
