@@ -27,7 +27,7 @@ train: $(STAMP) ## train the default model (VAE on built-in shapes); ARGS="model
 sample: $(STAMP) ## sample the newest run; ARGS="run=<dir> n=16"
 	$(AIGC) sample $(ARGS)
 
-test: $(STAMP) ## the tests CI must pass: all but the whole matrix product (about 14 min on 2 cores)
+test: $(STAMP) ## the tests CI must pass: all but the `full` ones (about 7 min on 2 cores)
 	$(PY) -m pytest -q -m "not full" $(ARGS)
 
 test-all: $(STAMP) ## every test: also the whole combination-matrix product and the GPU script's CPU smoke run
