@@ -23,6 +23,7 @@ def load(*args: Any, **kwargs: Any) -> Any:
 
 
 def train(*args: Any, **kwargs: Any) -> Any:
+    # Deferred: `import aigc_cli` stays free of torch.
     from aigc_cli.api import train as _train
 
     return _train(*args, **kwargs)

@@ -18,6 +18,7 @@ from aigc_cli.errors import ConfigError
 def fused_devices() -> tuple[str, ...]:
     """Device types this torch has a fused Adam kernel for (recent releases include CPU)."""
     try:
+        # Deferred: a private torch helper, read only where asked, with a fallback.
         from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
     except ImportError:  # a torch that moved it: CUDA has had the kernel longest
         return ("cuda",)

@@ -6,18 +6,38 @@ hydra.run.dir=...) works after the subcommand. Errors a user can fix print one l
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import difflib
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import (
+    ConfigCompositionException,
+    HydraException,
+    MissingConfigException,
+    OverrideParseException,
+)
+from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.markup import escape
 
 from aigc_cli import startup
+from aigc_cli.cli import compose_once
+from aigc_cli.commands.sweep import resolve_sweep_dir
+from aigc_cli.config import OptimConfig, TrainerConfig
 from aigc_cli.errors import AigcError, UserExit
+from aigc_cli.registry import DATASETS, MODELS
 from aigc_cli.store import paths
+from aigc_cli.store.rundir import RunDir
 
 CONFIGS = "pkg://aigc_cli.configs"
 COMMANDS = {
@@ -39,6 +59,7 @@ USAGE = (
 
 @hydra.main(config_path=CONFIGS, config_name="train", version_base="1.3")
 def train_app(cfg: DictConfig) -> float | None:
+    # Deferred: this command's modules (and torch) load only when it runs.
     from aigc_cli.commands.train import run_train
 
     with user_errors():
@@ -47,6 +68,7 @@ def train_app(cfg: DictConfig) -> float | None:
 
 @hydra.main(config_path=CONFIGS, config_name="sample", version_base="1.3")
 def sample_app(cfg: DictConfig) -> None:
+    # Deferred: this command's modules (and torch) load only when it runs.
     from aigc_cli.commands.sample import sample
 
     with user_errors():
@@ -55,6 +77,7 @@ def sample_app(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONFIGS, config_name="eval", version_base="1.3")
 def eval_app(cfg: DictConfig) -> None:
+    # Deferred: this command's modules (and torch) load only when it runs.
     from aigc_cli.commands.eval import run_eval
 
     with user_errors():
@@ -63,6 +86,7 @@ def eval_app(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONFIGS, config_name="export", version_base="1.3")
 def export_app(cfg: DictConfig) -> None:
+    # Deferred: this command's modules (and torch) load only when it runs.
     from aigc_cli.commands.export import run_export
 
     with user_errors():
@@ -78,9 +102,6 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except AigcError as e:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         raise UserExit(e) from e
@@ -95,8 +116,6 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     if argv[0] in ("-V", "--version"):
-        from importlib.metadata import PackageNotFoundError, version
-
         try:
             print(f"aigc {version('aigc')}")
         except PackageNotFoundError:  # run from a checkout that was never installed
@@ -106,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         _fail(f"unknown command '{command}'; choose from: {', '.join(COMMANDS)}", 2)
     if command == "list":
+        # Deferred: this command's modules (and torch) load only when it runs.
         from aigc_cli.commands.list import list_command
 
         list_command()
@@ -126,8 +146,6 @@ def _run(command: str, rest: list[str], full_error: bool) -> None:
             rest = [_quoted_prompt(a) for a in rest]
         if command == "eval":
             rest = [_eval_dataset(a) for a in rest]
-        from aigc_cli.cli import compose_once
-
         compose_once.install()
         sys.argv = [f"aigc-{command}", *rest]
         APPS[command]()
@@ -172,6 +190,7 @@ def _resume_overrides(args: list[str]) -> list[str]:
         return _auto_resume(args)
     if not resume or resume == "null" or any(a.startswith("hydra.run.dir=") for a in args):
         return args
+    # Deferred: this command's modules (and torch) load only when it runs.
     from aigc_cli.store.runs import resolve_checkpoint, run_dir_of
 
     run_dir = run_dir_of(resolve_checkpoint(resume))
@@ -187,8 +206,6 @@ def _auto_resume(args: list[str]) -> list[str]:
             "hydra.run.dir=<dir>",
             2,
         )
-    from aigc_cli.store.rundir import RunDir
-
     value = f"resume={run_dir}" if RunDir(run_dir).has_checkpoint() else "resume=null"
     return [value if a == "resume=auto" else a for a in args]
 
@@ -236,8 +253,6 @@ def _sweep_overrides(args: list[str]) -> list[str]:
     value = next((a.split("=", 1)[1] for a in args if a.startswith("resume_sweep=")), None)
     if not value or value == "null" or any(a.startswith("hydra.sweep.dir=") for a in args):
         return args
-    from aigc_cli.commands.sweep import resolve_sweep_dir
-
     return [*args, f"hydra.sweep.dir={resolve_sweep_dir(value)}"]
 
 
@@ -257,8 +272,6 @@ def _torchrun_overrides(args: list[str]) -> list[str]:
         )
     if _torchrun_var("RANK", 0) == 0:
         return args
-    import tempfile
-
     scratch = os.path.join(tempfile.gettempdir(), f"aigc-rank{os.environ['RANK']}")
     return [
         *(a for a in args if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))),
@@ -276,9 +289,6 @@ def _torchrun_var(name: str, default: int) -> int:
 
 
 def _fail(message: str, code: int) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
     world = _torchrun_var("WORLD_SIZE", 1)
     where = f" (rank {_torchrun_var('RANK', 0)} of {world})" if world > 1 else ""
     Console(stderr=True, highlight=False, soft_wrap=True).print(
@@ -289,16 +299,6 @@ def _fail(message: str, code: int) -> None:
 
 def describe_error(e: BaseException, args: list[str]) -> tuple[str | None, int]:
     """One line for errors a user can fix, or (None, 0) for a bug."""
-    from hydra.errors import (
-        ConfigCompositionException,
-        HydraException,
-        MissingConfigException,
-        OverrideParseException,
-    )
-    from omegaconf.errors import OmegaConfBaseException
-
-    from aigc_cli.errors import AigcError
-
     if isinstance(e, AigcError):
         return str(e), e.exit_code
     text = str(e).strip()
@@ -344,18 +344,12 @@ def describe_error(e: BaseException, args: list[str]) -> tuple[str | None, int]:
 
 
 def _unknown_key(key: str, args: list[str]) -> str:
-    import dataclasses
-
-    from aigc_cli.config import OptimConfig, TrainerConfig
-
     section, _, name = key.partition(".")
     fields: list[str] = []
     if section in ("trainer", "optim"):
         schema: Any = TrainerConfig if section == "trainer" else OptimConfig
         fields = [f.name for f in dataclasses.fields(schema)]
     elif section in ("model", "dataset"):
-        from aigc_cli.registry import DATASETS, MODELS
-
         registry = MODELS if section == "model" else DATASETS
         # the last choice of the group wins, as in Hydra
         picks = [a.split("=", 1)[1] for a in args if a.startswith(f"{section}=")]
@@ -363,8 +357,6 @@ def _unknown_key(key: str, args: list[str]) -> str:
         chosen = chosen or ("vae" if section == "model" else "shapes")
         if chosen in registry:
             fields = [f.name for f in dataclasses.fields(registry.get(chosen).config)]
-    import difflib
-
     allowed = f"; allowed keys in {section}: {', '.join(fields)}" if fields else ""
     close = difflib.get_close_matches(name, fields, n=1)
     guess = f" (did you mean '{section}.{close[0]}'?)" if close and close[0] != name else ""

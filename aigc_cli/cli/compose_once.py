@@ -29,6 +29,7 @@ def install() -> bool:
     """Patch Hydra (once per process) to reuse the mode-reading composition for the run.
     Returns whether the patch is in place."""
     try:
+        # Deferred: Hydra's internals are read only when patching them.
         from hydra._internal import hydra as hydra_module
     except ImportError:
         return False
@@ -86,6 +87,7 @@ def install() -> bool:
 
 def uninstall() -> None:
     """Hydra's own two compositions again (what `install` replaced)."""
+    # Deferred: Hydra's internals are read only when patching them.
     from hydra._internal.hydra import Hydra
 
     originals = Hydra.__dict__.get("_aigc_compose_once")
@@ -111,6 +113,7 @@ def _reuse(kept: tuple, config_name: str | None, overrides: list[str]) -> Any:
 
 def _configure_logging(hydra: Any, module: Any, cfg: Any, name: str | None, overrides: Any) -> None:
     """What Hydra's compose_config does with `with_log_configuration=True`."""
+    # Deferred: Hydra's internals are read only when patching them.
     from hydra.core.utils import configure_log
 
     configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)

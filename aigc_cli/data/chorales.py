@@ -61,6 +61,7 @@ def require_music21():
 def parse_corpus(cfg: MusicConfig) -> dict[str, Tensor]:
     """Every four-part chorale of the installed corpus as one (88, total steps) roll, with each
     piece's length and name (names as UTF-8 JSON bytes: the cache holds tensors only)."""
+    # Deferred: music21 belongs to the optional `music` extra.
     from music21 import corpus
 
     files = sorted(corpus.chorales.Iterator(returnType="filename"))

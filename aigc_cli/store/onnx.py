@@ -20,6 +20,7 @@ OPSET = 17
 
 def require_onnx() -> None:
     try:
+        # Deferred: onnx belongs to the optional `export` extra.
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as e:
@@ -62,6 +63,7 @@ def export_onnx(model: Any, folder: Path, device: torch.device) -> list[dict[str
 
 def check_graph(graph: Any, path: Path, device: torch.device) -> float:
     """The largest |onnxruntime - PyTorch| over every output, on inputs of CHECK_SIZE."""
+    # Deferred: onnx and onnxruntime belong to the optional `export` extra.
     import onnx
     import onnxruntime as ort
 
