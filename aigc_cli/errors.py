@@ -35,6 +35,14 @@ class TrainingError(AigcError):
     """Training cannot continue (non-finite loss, out of memory)."""
 
 
+def missing_music(what: str) -> ConfigError:
+    """The one line for music without the optional `music` extra installed."""
+    return ConfigError(
+        f"{what} needs the optional `music` extra (music21, mido, symusic)",
+        hint="pip install 'aigc[music]' (from a checkout: pip install -e '.[music]')",
+    )
+
+
 class UserExit(BaseException):
     """Carries an AigcError out of a single Hydra run: a BaseException passes Hydra's job runner
     untouched, so it prints no 'Error executing job' banner before the CLI's one line."""

@@ -13,7 +13,7 @@ from aigc_cli.console import console
 from aigc_cli.data.base import DataModule
 from aigc_cli.data.cache import cached
 from aigc_cli.data.music import GRIDS, MusicConfig, Piece, music_data, piece_from_notes
-from aigc_cli.errors import ConfigError, DataError
+from aigc_cli.errors import ConfigError, DataError, missing_music
 from aigc_cli.registry import DATASETS
 from aigc_cli.results.midi import Note
 
@@ -51,10 +51,7 @@ def require_music21():
     try:
         import music21
     except ImportError as e:
-        raise ConfigError(
-            "dataset=chorales needs the optional `music` extra (music21, mido, symusic)",
-            hint="pip install 'aigc[music]' (from a checkout: pip install -e '.[music]')",
-        ) from e
+        raise missing_music("dataset=chorales") from e
     return music21
 
 

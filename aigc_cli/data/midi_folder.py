@@ -10,7 +10,7 @@ from aigc_cli.console import console
 from aigc_cli.data.base import DataModule
 from aigc_cli.data.chorales import check_grid
 from aigc_cli.data.music import GRIDS, MusicConfig, music_data, piece_from_notes
-from aigc_cli.errors import ConfigError, DataError
+from aigc_cli.errors import DataError, missing_music
 from aigc_cli.registry import DATASETS
 from aigc_cli.results.midi import Note
 
@@ -59,10 +59,7 @@ def read_notes(path: Path) -> list[Note]:
     try:
         from symusic import Score
     except ImportError as e:
-        raise ConfigError(
-            "dataset=midi_folder needs the optional `music` extra (music21, mido, symusic)",
-            hint="pip install 'aigc[music]' (from a checkout: pip install -e '.[music]')",
-        ) from e
+        raise missing_music("dataset=midi_folder") from e
     try:
         score = Score(str(path), ttype="quarter")
     except Exception:  # symusic raises its own error types for malformed files

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import NamedTuple
 
-from aigc_cli.errors import ConfigError
+from aigc_cli.errors import missing_music
 
 TICKS_PER_QUARTER = 480
 
@@ -22,10 +22,7 @@ def require_mido():
     try:
         import mido
     except ImportError as e:
-        raise ConfigError(
-            "music needs the optional `music` extra (music21, mido, symusic)",
-            hint="pip install 'aigc[music]' (from a checkout: pip install -e '.[music]')",
-        ) from e
+        raise missing_music("music") from e
     return mido
 
 
