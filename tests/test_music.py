@@ -229,6 +229,16 @@ def test_each_family_trains_on_music_and_writes_midi_wav_and_rolls(model, tmp_pa
     assert len(mids) == 2 and (tmp_path / "listen" / "00.wav").is_file()
     for mid in mids:
         mido.MidiFile(str(mid))  # a standard MIDI file
+    # an export carries the representation: loaded alone, it gives the same notes
+    out = run_cli("export", "run=run", "out=exported", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import aigc_cli as aigc
+
+    a = aigc.load(tmp_path / "exported").sample(2, seed=5)
+    b = aigc.load(tmp_path / "run").sample(2, seed=5)
+    assert isinstance(a, Music) and torch.equal(a.rolls, b.rolls)
+    assert [a.notes(i) for i in range(2)] == [b.notes(i) for i in range(2)]
+    assert "listen to the `.wav`" in (tmp_path / "exported" / "README.md").read_text()
 
 
 @pytest.mark.slow

@@ -191,9 +191,9 @@ def _resume_overrides(args: list[str]) -> list[str]:
     if not resume or resume == "null" or any(a.startswith("hydra.run.dir=") for a in args):
         return args
     # Deferred: this command's modules (and torch) load only when it runs.
-    from aigc_cli.store.runs import resolve_checkpoint, run_dir_of
+    from aigc_cli.store.runs import resolve_checkpoint
 
-    run_dir = run_dir_of(resolve_checkpoint(resume))
+    run_dir = RunDir.of_checkpoint(resolve_checkpoint(resume)).path
     return [*args, f"hydra.run.dir={run_dir}"]
 
 

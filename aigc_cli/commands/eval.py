@@ -25,7 +25,7 @@ from aigc_cli.metrics.quality import GROUPS, MetricsConfig
 from aigc_cli.models.base import SamplerOptions
 from aigc_cli.registry import DATASETS
 from aigc_cli.store.rundir import RunDir
-from aigc_cli.store.runs import load_run, load_sample_quality, resolve_checkpoint, run_dir_of
+from aigc_cli.store.runs import load_run, load_sample_quality, resolve_checkpoint
 from aigc_cli.training.evaluate import evaluate
 from aigc_cli.training.logger import flatten, write_hparams
 
@@ -81,7 +81,7 @@ def run_eval(node: DictConfig) -> dict[str, float]:
             metrics.update(quality(model, cfg.seed, **sampling))
     notes = {**model.describe_metrics(options), **(quality.describe() if quality else {})}
     print_table(ckpt_path, ckpt, metrics, quality is not None and not cfg.inception_weights)
-    run_dir = run_dir_of(ckpt_path)
+    run_dir = RunDir.of_checkpoint(ckpt_path).path
     _record_eval(run_dir, ckpt_path, ckpt, metrics, notes)
     return metrics
 

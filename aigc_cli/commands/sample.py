@@ -18,11 +18,11 @@ from aigc_cli.data.music import PIECE, encode, music_spec, piece_from_notes
 from aigc_cli.errors import ConfigError
 from aigc_cli.models.base import GenerativeModel, HasSamplers, Interpolates, SamplerOptions
 from aigc_cli.results import Images, SampleResult
+from aigc_cli.results.music import PIECES
 from aigc_cli.store.rundir import RunDir
 from aigc_cli.store.runs import load_run, resolve_checkpoint
 
 SAMPLER_OPTIONS = tuple(SamplerOptions.__dataclass_fields__)
-MUSIC_PIECES = 4  # pieces drawn from a music model when n is not given
 
 
 @dataclass
@@ -84,7 +84,7 @@ def draw(cfg: SampleConfig, model: GenerativeModel) -> SampleResult:
     g = torch.Generator().manual_seed(cfg.seed)
     music = music_spec(model.spec) is not None
     text = model.spec.kind == "text"
-    n = cfg.n or (MUSIC_PIECES if music else 1 if text else 64)
+    n = cfg.n or (PIECES if music else 1 if text else 64)
     if cfg.mode == "interpolate":
         assert isinstance(model, Interpolates)
         return model.interpolate(n, generator=g)

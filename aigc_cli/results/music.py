@@ -18,6 +18,7 @@ from aigc_cli.results.images import save_grid, to_grid
 from aigc_cli.results.midi import Note, midi_bytes
 
 ROLL_SCALE = 4  # pixels per step and per semitone in the piano-roll PNG
+PIECES = 4  # pieces drawn when no count is given (each a MIDI file, a WAV and a piano roll)
 
 
 @dataclass(kw_only=True)

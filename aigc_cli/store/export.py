@@ -170,6 +170,11 @@ def model_card(meta: dict[str, Any], ckpt_path: Path) -> str:
                                                "  # .images in [0, 1], (n, C, H, W)"),
         "```",
     ]  # fmt: skip
+    if (spec.get("extra") or {}).get("music"):
+        lines += ["", "Music: `aigc sample` writes one MIDI file and one WAV preview per piece "
+                  "and a piano-roll PNG into a folder; listen to the `.wav` files, or open the "
+                  "`.mid` files in any MIDI player. From Python, `samples.notes(i)`, "
+                  "`samples.audio(i)` and `samples.write('<folder>')`."]  # fmt: skip
     if meta["model"]["config"].get("autoencoder_config"):
         lines += ["", "The frozen VAE of this latent diffusion is part of the weights (`vae.*`)."]
     if meta.get("onnx"):

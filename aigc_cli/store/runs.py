@@ -61,10 +61,6 @@ def resolve_checkpoint(
     return ckpt
 
 
-def run_dir_of(ckpt_path: Path) -> Path:
-    return RunDir.of_checkpoint(ckpt_path).path
-
-
 def load_run(
     ckpt_path: Path, device: torch.device | str = "cpu", use_ema: bool = True
 ) -> tuple[TrainedModel, dict[str, Any]]:

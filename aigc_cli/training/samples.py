@@ -13,11 +13,11 @@ from aigc_cli.data.music import music_spec
 from aigc_cli.errors import ConfigError
 from aigc_cli.results import Images, Music, Points, SampleResult, Texts
 from aigc_cli.results.images import to_grid
+from aigc_cli.results.music import PIECES
 from aigc_cli.store.rundir import RunDir
 from aigc_cli.training.logger import RunLogger
 
 TEXT_TOKENS = 300  # tokens of each of the two logged text samples
-MUSIC_PIECES = 4  # pieces (MIDI, WAV and a piano roll each) per logged music sample
 GRID_ROW = 8  # images per grid row, unless the model lays its grid out (one row per class)
 
 
@@ -28,7 +28,7 @@ def log_samples(
     if data.spec.kind == "text":
         result = model.sample(2, generator=g, max_new_tokens=TEXT_TOKENS)
     elif music_spec(data.spec) is not None:
-        result = model.sample(min(t.num_samples, MUSIC_PIECES), generator=g)
+        result = model.sample(min(t.num_samples, PIECES), generator=g)
     else:
         result = model.sample(t.num_samples, generator=g)
     if not isinstance(result, SampleResult):
