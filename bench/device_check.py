@@ -36,9 +36,18 @@ VARIANTS = {
 }
 
 
+# Families that cannot train on the default images: their built-in data, then its tiny size.
+OWN_DATA = {
+    "frames": (
+        ["dataset=tunes", "dataset.representation=frames"],
+        ["trainer.batch_size=8", "dataset.pieces=40", "dataset.window=16"],
+    ),
+}
+
+
 def families() -> list[str]:
-    """Every registered model family, each on its default dataset (latent diffusion is the
-    diffusion family on a trained VAE's latents, left to the presets)."""
+    """Every registered model family, each on its default dataset or its OWN_DATA (latent
+    diffusion is the diffusion family on a trained VAE's latents, left to the presets)."""
     from aigc_cli.registry import MODELS
 
     return MODELS.names()
@@ -131,10 +140,11 @@ def cases(smoke: bool, steps: int) -> dict[str, list[str]]:
     out = {}
     for family in families():
         for variant, extra in VARIANTS.items():
-            size = (["trainer.batch_size=4"] if family == "transformer" else tiny) if smoke else []
+            data, small = OWN_DATA.get(family, ([], tiny))
+            size = (["trainer.batch_size=4"] if family == "transformer" else small) if smoke else []
             backend = ["trainer.compile_backend=eager"] if smoke and "compile" in variant else []
-            out[f"{family}_{variant}"] = [f"model={family}", *extra, *backend, *size, *length,
-                                          *QUIET]  # fmt: skip
+            out[f"{family}_{variant}"] = [f"model={family}", *data, *extra, *backend, *size,
+                                          *length, *QUIET]  # fmt: skip
     for base, overrides in MID_CASES.items():
         for precision in ("32", "bf16"):
             size = ["trainer.batch_size=2"] if smoke else []
