@@ -6,6 +6,7 @@ fits, through the command line as a user runs it."""
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import wave
 from pathlib import Path
@@ -66,7 +67,13 @@ def test_piano_roll_and_notes_by_hand():
     assert roll.shape == (24, 4)
     assert roll[12].tolist() == [True, False, False, False]  # C4 for one step
     assert roll[16].tolist() == [False, True, True, True]  # E4 from 1 for 2.5 → steps 1, 2, 3
-    assert not roll[0].any()  # C3 at 3.5 rounds to step 4, past the roll's 4 steps
+    assert not roll[0].any()  # C3 from 3.5 to 4.0 sounds at no grid point (JSB sampling)
+    # passing eighths between beats are not sampled; a note across a beat is, at that beat
+    passing = [Note(62, 1.5, 0.5), Note(65, 0.5, 1.0), Note(69, 2.0, 1.0 / 3.0)]
+    sampled = notes_to_roll(passing, low=48, pitches=24, steps=4, step=1.0)
+    assert not sampled[14].any()
+    assert sampled[17].tolist() == [False, True, False, False]
+    assert sampled[21].tolist() == [False, False, True, False]  # a triplet on the beat
     back = roll_to_notes(roll, 48, 1.0)
     assert (60, 0.0, 1.0) in [(n.pitch, n.start, n.duration) for n in back]
     assert (64, 1.0, 3.0) in [(n.pitch, n.start, n.duration) for n in back]
@@ -196,6 +203,22 @@ def test_a_model_that_cannot_take_a_representation_is_one_line(make_cfg):
         build_data({"name": "tunes", "representation": "roll", "window": 32})
 
 
+def test_a_window_shorter_than_a_bar_is_one_line():
+    """A 4/4 bar is 4 quarter steps or 16 sixteenth steps; frames, rolls and tokens each say
+    which setting is too short and how long it must be."""
+    from aigc_cli.build import build_data
+
+    with pytest.raises(ConfigError, match=r"dataset.window.*12 steps.*sixteenth.*window=16"):
+        build_data({"name": "tunes", "grid": "sixteenth", "representation": "frames",
+                    "window": 12})  # fmt: skip
+    assert build_data({"name": "tunes", "grid": "sixteenth", "representation": "frames",
+                       "window": 16}).spec.shape == [16, 88]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"dataset.block_size.*one 4/4 bar.*sixteenth"):
+        build_data({"name": "tunes", "grid": "sixteenth", "representation": "events",
+                    "block_size": 16})  # fmt: skip
+    build_data({"name": "tunes", "representation": "events", "block_size": 32})  # 4 steps fit
+
+
 MUSIC_RUNS = {
     "frames": ["dataset.representation=frames", "dataset.window=16", "model.n_layer=1",
                "model.n_embd=32"],
@@ -257,6 +280,30 @@ def test_a_token_model_continues_a_midi_prompt(tmp_path):
     assert len(first) == 4  # the prompt's opening chord (transposed to C) comes back first
     bad = run_cli("sample", "run=run", f"prompt_midi={folder / 'broken.mid'}", cwd=tmp_path)
     assert bad.returncode == 2 and "prompt_midi" in bad.stderr and "Traceback" not in bad.stderr
+    # a run on a folder does not send aigc back to read its recorded path
+    bad = run_cli("sample", "run=run", "prompt_piece=0", cwd=tmp_path)
+    assert bad.returncode == 2 and "prompt_midi=<file.mid>" in bad.stderr, bad.stderr
+
+
+@pytest.mark.slow
+def test_a_token_model_continues_a_test_piece(tmp_path):
+    """prompt_piece=N: the written piece opens with the first prompt_steps steps of the run's
+    N-th test piece, rebuilt from the recorded dataset config."""
+    from aigc_cli.build import build_data
+
+    args = ["model=transformer", "dataset=tunes", *MUSIC_RUNS["transformer"],
+            "trainer.max_steps=2", "trainer.batch_size=4", "trainer.progress=false",
+            "trainer.device=cpu", "hydra.run.dir=run"]  # fmt: skip
+    assert run_cli("train", *args, cwd=tmp_path).returncode == 0
+    out = run_cli("sample", "run=run", "n=1", "prompt_piece=2", "prompt_steps=4",
+                  "max_new_tokens=4", "out=cont", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    piece = build_data({"name": "tunes", "representation": "frame_tokens"}).pieces["test"][2]
+    notes = [Note(*n) for n in _mido_notes((tmp_path / "cont" / "00.mid").read_bytes())]
+    got = notes_to_roll(notes, 21, 88, 4, 1.0)  # A0 is MIDI 21; the tunes' grid is a quarter
+    assert piece.roll[:, :4].any() and torch.equal(got, piece.roll[:, :4])
+    bad = run_cli("sample", "run=run", "prompt_piece=999", cwd=tmp_path)
+    assert bad.returncode == 2 and "prompt_piece" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_music_statistics_by_hand():
@@ -298,3 +345,24 @@ def test_transposed_training_windows_resume_exactly_and_keep_the_test_split():
     base = next(c)[0]
     assert not torch.equal(base, want) and want.sum() <= base.sum()
     assert torch.equal(next(iter(data.eval_iter(8)))[0], next(iter(plain.eval_iter(8)))[0])
+
+
+@pytest.mark.parametrize("backbone", ["transformer", "lstm"])
+def test_ordered_frame_model_is_a_distribution_over_every_set_of_notes(backbone):
+    """Exact likelihood, checked by enumeration on a four-key keyboard: the probabilities of
+    all 16 frames after a fixed past sum to 1, and the sampler draws each frame as often as that
+    probability says (20000 draws; 4 standard errors)."""
+    from aigc_cli.build import build_model
+    from aigc_cli.data.base import DataSpec
+
+    torch.manual_seed(0)
+    model = build_model({"name": "frames", "backbone": backbone, "notes": "ordered",
+                         "n_layer": 1, "n_embd": 16, "n_head": 2},
+                        DataSpec("frames", [1, 4])).eval()  # fmt: skip
+    frames = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)))  # (16, 4)
+    p = (-model(frames[:, None, :])[:, 0]).exp()  # each as the first frame of a piece
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-5)
+    n = 20000
+    drawn = model.sample(n, generator=torch.Generator().manual_seed(1)).rolls[:, :, 0]
+    counts = (drawn[:, None, :] == frames[None].bool()).all(-1).float().sum(0)
+    assert torch.all((counts / n - p).abs() <= 4 * (p * (1 - p) / n).sqrt() + 1e-3)

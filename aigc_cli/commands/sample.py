@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
-from aigc_cli.build import resolve_device
+from aigc_cli.build import build_data, resolve_device
 from aigc_cli.config import check, command_options, validate
 from aigc_cli.console import console
 from aigc_cli.data.midi_folder import read_notes
-from aigc_cli.data.music import PIECE, encode, music_spec, piece_from_notes
+from aigc_cli.data.music import PIECE, Piece, encode, music_spec, piece_from_notes
 from aigc_cli.errors import ConfigError
 from aigc_cli.models.base import GenerativeModel, HasSamplers, Interpolates, SamplerOptions
 from aigc_cli.results import Images, SampleResult
@@ -38,7 +38,8 @@ class SampleConfig(SamplerOptions):
     mode: str = "sample"  # sample | interpolate (latent interpolation grid)
     prompt: str = ""  # text models: the text to continue
     prompt_midi: str | None = None  # music token models: a MIDI file whose opening they continue
-    prompt_steps: int = 16  # prompt_midi: grid steps of its opening to continue
+    prompt_piece: int | None = None  # music token models: continue the run's N-th test piece
+    prompt_steps: int = 16  # prompt_midi / prompt_piece: grid steps of its opening to continue
     max_new_tokens: int = 500  # text models: tokens to generate after the prompt
     temperature: float = 1.0  # text models: softmax temperature (lower = more conservative)
     top_k: int = 0  # text models: keep the k most likely tokens; 0 = all
@@ -54,7 +55,7 @@ def sample(node: Any) -> Path:
     check(cfg.max_new_tokens >= 1, "max_new_tokens", f"{cfg.max_new_tokens} must be >= 1")
     check(cfg.mode in ("sample", "interpolate"), "mode", "choose from: sample, interpolate")
     ckpt_path = resolve_checkpoint(cfg.run, cfg.checkpoint)
-    model, _ = load_run(ckpt_path, resolve_device(cfg.device), use_ema=cfg.ema)
+    model, record = load_run(ckpt_path, resolve_device(cfg.device), use_ema=cfg.ema)
     run = RunDir.of_checkpoint(ckpt_path)
     if not isinstance(model, GenerativeModel):
         raise ConfigError(
@@ -66,7 +67,7 @@ def sample(node: Any) -> Path:
             f"bad value for 'mode': model '{model.cfg.name}' has no latent space to interpolate",
             hint="use mode=sample",
         )
-    result = draw(cfg, model)
+    result = draw(cfg, model, record)
     if cfg.nrow and isinstance(result, Images):
         result.nrow = cfg.nrow
     if cfg.out:
@@ -79,7 +80,7 @@ def sample(node: Any) -> Path:
     return out
 
 
-def draw(cfg: SampleConfig, model: GenerativeModel) -> SampleResult:
+def draw(cfg: SampleConfig, model: GenerativeModel, record: dict[str, Any]) -> SampleResult:
     """The samples the options ask for; text streams to the console as it is generated."""
     g = torch.Generator().manual_seed(cfg.seed)
     music = music_spec(model.spec) is not None
@@ -92,8 +93,9 @@ def draw(cfg: SampleConfig, model: GenerativeModel) -> SampleResult:
         return model.sample(n, generator=g, **sampler_options(cfg, model))
     if music:
         return model.sample(
-            n, generator=g, prompt=music_prompt(cfg, model), max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+            n, generator=g, prompt=music_prompt(cfg, model, record),
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+            top_p=cfg.top_p,
         )  # fmt: skip
 
     def stream(piece: str) -> None:
@@ -108,25 +110,49 @@ def draw(cfg: SampleConfig, model: GenerativeModel) -> SampleResult:
     return result
 
 
-def music_prompt(cfg: SampleConfig, model: GenerativeModel) -> str:
-    """The opening `prompt_steps` grid steps of `prompt_midi`, in the model's own encoding (and
-    transposed as its data was), as the text its tokens continue; "" without a prompt."""
+def music_prompt(cfg: SampleConfig, model: GenerativeModel, record: dict[str, Any]) -> str:
+    """The opening `prompt_steps` grid steps of `prompt_midi` or of the run's test piece number
+    `prompt_piece`, in the model's own encoding (and transposed as its data was), as the text
+    its tokens continue; "" without a prompt."""
     if cfg.prompt:
-        raise ConfigError("prompt= is text; a music model continues a MIDI file",
-                          hint="pass prompt_midi=<file.mid> [prompt_steps=16]")  # fmt: skip
-    if not cfg.prompt_midi:
+        raise ConfigError("prompt= is text; a music model continues a MIDI file or a test piece",
+                          hint="pass prompt_midi=<file.mid> or prompt_piece=<n> "
+                          "[prompt_steps=16]")  # fmt: skip
+    if cfg.prompt_midi and cfg.prompt_piece is not None:
+        raise ConfigError("prompt_midi= and prompt_piece= both name a prompt",
+                          hint="pass one of them")  # fmt: skip
+    if not cfg.prompt_midi and cfg.prompt_piece is None:
         return ""
     check(cfg.prompt_steps >= 1, "prompt_steps", f"{cfg.prompt_steps} must be >= 1")
     music = music_spec(model.spec) or {}
-    path = Path(cfg.prompt_midi).expanduser()
-    notes = read_notes(path) if path.is_file() else []
-    piece = piece_from_notes(path.name, notes, music["step"], music.get("transpose", True))
-    if piece is None:
-        raise ConfigError(
-            f"bad value for 'prompt_midi': {path} is missing, unreadable or has no notes",
-            hint="pass a standard MIDI file with notes on the piano's keys",
-        )
+    piece = recorded_test_piece(cfg.prompt_piece, record) if cfg.prompt_midi is None else None
+    if cfg.prompt_midi:
+        path = Path(cfg.prompt_midi).expanduser()
+        notes = read_notes(path) if path.is_file() else []
+        piece = piece_from_notes(path.name, notes, music["step"], music.get("transpose", True))
+        if piece is None:
+            raise ConfigError(
+                f"bad value for 'prompt_midi': {path} is missing, unreadable or has no notes",
+                hint="pass a standard MIDI file with notes on the piano's keys",
+            )
+    assert piece is not None
     return PIECE + encode(piece.roll[:, : cfg.prompt_steps], music["encoding"])
+
+
+def recorded_test_piece(index: int | None, record: dict[str, Any]) -> Piece:
+    """The run's test piece number `index`, rebuilt from the dataset config it recorded. Only
+    data without a path (the chorales, the tunes): a checkpoint never chooses what aigc reads."""
+    dataset = (record.get("dataset") or {}).get("config") or {}
+    if not dataset or "path" in dataset:
+        raise ConfigError(
+            f"prompt_piece= needs a run on built-in music data; this one read "
+            f"{dataset.get('name', 'unknown data')} from a path",
+            hint="pass the file itself: prompt_midi=<file.mid>",
+        )
+    pieces = build_data(dataset).pieces["test"]  # type: ignore[attr-defined]
+    check(index is not None and 0 <= index < len(pieces), "prompt_piece",
+          f"{index} must be in [0, {len(pieces) - 1}] (the run's test pieces)")  # fmt: skip
+    return pieces[index]
 
 
 def _write_to(result: SampleResult, out: Path) -> Path:

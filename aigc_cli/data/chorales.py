@@ -17,7 +17,7 @@ from aigc_cli.errors import ConfigError, DataError, missing_music
 from aigc_cli.registry import DATASETS
 from aigc_cli.results.midi import Note
 
-CHORALES_VERSION = 1  # bump when the parsing below changes what it draws from the corpus
+CHORALES_VERSION = 2  # bump when the parsing below changes what it draws from the corpus
 VOICES = 4  # soprano, alto, tenor, bass: the chorales in four parts
 
 

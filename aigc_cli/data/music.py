@@ -16,6 +16,7 @@ or C minor, pitches on the 88 piano keys, a fixed split (by a hash of each piece
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,7 @@ class MusicStats:
 
     metric_samples = 16
     reference: dict[str, float]
+    pieces: dict[str, list[Piece]]  # each split's pieces, the source of prompts
 
     def sample_metrics(self, samples: SampleResult) -> dict[str, float]:
         assert isinstance(samples, Music), "music data gets music samples"
@@ -145,12 +147,21 @@ def transposition(notes: list[Note]) -> int:
     return (-tonic + 6) % 12 - 6
 
 
+def bar_steps(grid: str) -> int:
+    """Grid steps in one 4/4 bar."""
+    return round(4 / GRIDS[grid])
+
+
 def music_data(pieces: list[Piece], cfg: MusicConfig, source: str) -> DataModule:
     """The representation `cfg` asks for, from the pieces of every split."""
     check(cfg.representation in REPRESENTATIONS, "dataset.representation",
           f"'{cfg.representation}'; choose from: {', '.join(REPRESENTATIONS)}")  # fmt: skip
     check(cfg.grid in GRIDS, "dataset.grid", f"'{cfg.grid}'; choose from: {', '.join(GRIDS)}")
-    check(cfg.window >= 4, "dataset.window", f"{cfg.window} must be >= 4")
+    bar = bar_steps(cfg.grid)
+    if cfg.representation in ("roll", "frames"):
+        check(cfg.window >= bar, "dataset.window",
+              f"{cfg.window} steps is shorter than one 4/4 bar on the {cfg.grid} grid "
+              f"({bar} steps); use dataset.window={bar} or more")  # fmt: skip
     check(cfg.tempo > 0, "dataset.tempo", "must be > 0")
     check(0 <= cfg.augment <= 12, "dataset.augment", f"{cfg.augment} must be in [0, 12]")
     parts = {s: [p for p in pieces if p.split == s] for s in SPLITS}
@@ -165,11 +176,10 @@ def music_data(pieces: list[Piece], cfg: MusicConfig, source: str) -> DataModule
         "low": PIANO_LOW, "pitches": KEYS, "pieces": {s: len(parts[s]) for s in SPLITS},
         "transpose": cfg.transpose,
     }  # fmt: skip
-    if cfg.representation == "roll":
-        return roll_data(parts, cfg, music)
-    if cfg.representation == "frames":
-        return frame_data(parts, cfg, music)
-    return token_data(parts, cfg, music, source)
+    make = {"roll": roll_data, "frames": frame_data}.get(cfg.representation)
+    data = make(parts, cfg, music) if make else token_data(parts, cfg, music, source)
+    data.pieces = parts
+    return data
 
 
 def roll_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> TensorData:
@@ -299,6 +309,12 @@ def token_data(
         data.spec.extra["tokens_per_step"] = per_char / test.count(STEP)
         data.spec.extra["tokens_per_note"] = per_char / max(notes, 1)
     data.spec.extra["music"] = {**music, "encoding": cfg.representation}
+    per_step = data.spec.extra.get("tokens_per_frame") or data.spec.extra["tokens_per_step"]
+    bar = bar_steps(cfg.grid)
+    check(cfg.block_size >= bar * per_step, "dataset.block_size",
+          f"{cfg.block_size} tokens hold less than one 4/4 bar on the {cfg.grid} grid "
+          f"(about {bar * per_step:.0f} tokens in the test pieces); use dataset.block_size="
+          f"{math.ceil(bar * per_step)} or more")  # fmt: skip
     return data
 
 

@@ -1,7 +1,10 @@
-"""Frames with independent notes: a causal transformer over the frames of a piece (the set of
-pitches sounding at each grid step) gives each of the 88 notes of the next frame its own
-Bernoulli probability, as the RNN and TCN baselines of the JSB Chorales benchmark do. Its test
-figure is the frame negative log-likelihood in nats per time step (88 fair coins: 61.00)."""
+"""Music frames (the set of pitches sounding at each grid step), each given the frames before
+it: a causal transformer or an LSTM reads the past, then either each of the 88 notes gets its own
+Bernoulli probability (`notes=independent`, as the RNN, LSTM and TCN baselines of the JSB
+Chorales benchmark) or the notes of the frame are drawn low to high, each given the past and the
+notes below it, until a stop (`notes=ordered`, an exact likelihood of the whole frame, as RNN-NADE
+models it). The test figure is the frame negative log-likelihood in nats per time step (88 fair
+coins: 61.00)."""
 
 from __future__ import annotations
 
@@ -23,54 +26,120 @@ from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.registry import MODELS
 from aigc_cli.results import Music
 
+BACKBONES = ("transformer", "lstm")
+NOTES = ("independent", "ordered")
+
 
 @MODELS.register("frames")
 class FrameModel(GenerativeModel):
-    """Music frames with independent notes: a causal transformer, 88 Bernoulli outputs."""
+    """Music frames given the frames before: a transformer or an LSTM over the past, then
+    independent or pitch-ordered notes."""
 
     data_kinds = ("frames",)
 
     @dataclass
     class Config:
         name: str = "frames"
-        n_layer: int = 3  # transformer blocks
-        n_head: int = 4  # attention heads
+        backbone: str = "transformer"  # transformer | lstm: what reads the frames before a step
+        notes: str = "independent"  # independent: 88 Bernoulli | ordered: low to high (exact)
+        n_layer: int = 3  # transformer blocks or LSTM layers
+        n_head: int = 4  # attention heads (transformer)
         n_embd: int = 128  # width
-        dropout: float = 0.1  # dropout in the blocks (0 at sampling)
+        dropout: float = 0.1  # dropout in the blocks and before the head (0 at sampling)
 
     def __init__(self, cfg: Config, data: DataSpec) -> None:
         super().__init__(cfg, data)
+        check(cfg.backbone in BACKBONES, "model.backbone", f"choose from: {', '.join(BACKBONES)}")
+        check(cfg.notes in NOTES, "model.notes", f"choose from: {', '.join(NOTES)}")
         check(cfg.n_embd % cfg.n_head == 0, "model.n_embd", "must be a multiple of model.n_head")
         self.window, keys = data.shape
+        self.keys = keys
         self.music = music_spec(data) or {}
         self.inp = nn.Linear(keys, cfg.n_embd)
         self.start = nn.Parameter(torch.zeros(keys))  # the "frame before the first"
-        self.pos = nn.Embedding(self.window, cfg.n_embd)
-        self.blocks = nn.ModuleList(Block(cfg.n_embd, cfg.n_head, cfg.dropout)
-                                    for _ in range(cfg.n_layer))  # fmt: skip
-        self.ln_f = nn.LayerNorm(cfg.n_embd)
-        self.head = nn.Linear(cfg.n_embd, keys)
-        self.apply(GPT._init)
-        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
-            if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
-                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.backbone == "transformer":
+            self.pos = nn.Embedding(self.window, cfg.n_embd)
+            self.blocks = nn.ModuleList(Block(cfg.n_embd, cfg.n_head, cfg.dropout)
+                                        for _ in range(cfg.n_layer))  # fmt: skip
+            self.ln_f = nn.LayerNorm(cfg.n_embd)
+        else:
+            self.lstm = nn.LSTM(cfg.n_embd, cfg.n_embd, cfg.n_layer, batch_first=True,
+                                dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)  # fmt: skip
+        if cfg.notes == "independent":
+            self.head = nn.Linear(cfg.n_embd, keys)
+        else:  # one more class, "stop", after the keys; one more input, "start"
+            self.below = nn.Embedding(keys + 2, cfg.n_embd)  # the note just drawn
+            self.drawn = nn.Linear(keys, cfg.n_embd, bias=False)  # every note drawn so far
+            self.rank = nn.Embedding(keys + 1, cfg.n_embd)  # how many were drawn
+            self.head = nn.Sequential(
+                nn.Linear(cfg.n_embd, cfg.n_embd),
+                nn.GELU(),
+                nn.Dropout(cfg.dropout),
+                nn.Linear(cfg.n_embd, keys + 1),
+            )
+        if cfg.backbone == "transformer":
+            self.apply(GPT._init)
+            for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+                if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
+                    nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
 
-    def forward(self, frames: Tensor) -> Tensor:
-        """(B, T, 88) frames → (B, T, 88) logits of frame t given frames before t."""
+    def context(self, frames: Tensor) -> Tensor:
+        """(B, T, keys) frames → (B, T, C): at t, what the backbone read of frames before t."""
         b, t, _ = frames.shape
-        prev = torch.cat([self.start.expand(b, 1, -1), frames[:, :-1]], dim=1)  # (B, T, 88)
-        x = self.inp(prev) + self.pos(torch.arange(t, device=frames.device))  # (B, T, C)
+        prev = torch.cat([self.start.expand(b, 1, -1), frames[:, :-1]], dim=1)  # (B, T, keys)
+        x = self.inp(prev)
+        if self.cfg.backbone == "lstm":
+            x, _ = self.lstm(self.drop(torch.relu(x)))
+            return self.drop(x)
+        x = x + self.pos(torch.arange(t, device=frames.device))
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x))
+        return self.ln_f(x)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        """independent: (B, T, keys) frames → (B, T, keys) logits of frame t given frames before
+        t; ordered: → (B, T) each frame's negative log-likelihood given the frames before."""
+        h = self.context(frames)
+        if self.cfg.notes == "independent":
+            return self.head(h)
+        return self.ordered_nll(h, frames)
+
+    def note_logits(self, h: Tensor, below: Tensor, drawn: Tensor, rank: Tensor) -> Tensor:
+        """Logits over the keys and "stop" of the next note of a frame, given the context `h`,
+        the note just drawn (`keys + 1` before the first), the 0/1 set drawn so far and its size;
+        keys at or below the note just drawn are impossible (the notes come low to high)."""
+        logits = self.head(h + self.below(below) + self.drawn(drawn) + self.rank(rank))
+        keys = torch.arange(self.keys + 1, device=h.device)
+        floor = torch.where(below < self.keys, below, -1)  # no floor before the first note
+        return logits.masked_fill((keys <= floor[..., None]) & (keys < self.keys), -math.inf)
+
+    def ordered_nll(self, h: Tensor, frames: Tensor) -> Tensor:
+        """(B, T) negative log-likelihood of each frame as its notes low to high, then stop."""
+        count = frames.sum(-1).long()  # (B, T)
+        k = int(count.max()) + 1 if count.numel() else 1  # draws per frame, the stop included
+        keys = torch.arange(self.keys, device=frames.device, dtype=frames.dtype)
+        order = torch.where(frames > 0, keys, float(self.keys)).sort(-1).values
+        order = F.pad(order, (0, 1), value=float(self.keys))[..., :k]  # a full frame stops too
+        notes = order.long()  # (B, T, k): the notes low to high, then `keys` (stop) as padding
+        below = torch.cat([torch.full_like(notes[..., :1], self.keys + 1), notes[..., :-1]], -1)
+        hot = F.one_hot(notes, self.keys + 1)[..., : self.keys].to(h.dtype)
+        drawn = hot.cumsum(2) - hot  # (B, T, k, keys): the notes before each draw
+        rank = torch.arange(k, device=frames.device).expand_as(notes)
+        logits = self.note_logits(h[:, :, None].expand(-1, -1, k, -1), below, drawn, rank)
+        nll = -logits.log_softmax(-1).gather(-1, notes[..., None])[..., 0]  # (B, T, k)
+        return (nll * (rank <= count[..., None])).sum(-1)  # draws past the stop do not count
 
     def frame_nll(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Each sample's summed negative log-likelihood of its frames, and its frame count."""
         frames, lengths = batch[0].float(), batch[1].long()
-        logits = self(frames)
-        bce = F.binary_cross_entropy_with_logits(logits, frames, reduction="none").sum(-1)
+        if self.cfg.notes == "independent":
+            logits = self(frames)
+            nll = F.binary_cross_entropy_with_logits(logits, frames, reduction="none").sum(-1)
+        else:
+            nll = self(frames)
         valid = torch.arange(frames.shape[1], device=frames.device) < lengths[:, None]  # (B, T)
-        return (bce * valid).sum(1), valid.sum(1).float()
+        return (nll * valid).sum(1), valid.sum(1).float()
 
     def training_step(self, batch: Batch, step: int, noise: Noise = LOCAL) -> Iterator[Stage]:
         nll, frames = self.frame_nll(batch)
@@ -83,20 +152,28 @@ class FrameModel(GenerativeModel):
         return {"frame_nll": nll.sum(), "n": frames.sum()}
 
     def describe_metrics(self, options: dict[str, Any]) -> dict[str, str]:
+        how = ("88 independent Bernoulli notes" if self.cfg.notes == "independent" else
+               "the notes of a frame low to high, exact")  # fmt: skip
         return {"frame_nll": "negative log-likelihood of the test frames, nats per time step "
-                "(88 independent Bernoulli notes; a uniform guess scores 61.00)"}  # fmt: skip
+                f"({how}; 88 fair coins score 61.00)"}  # fmt: skip
 
     def onnx_graphs(self) -> list[OnnxGraph]:
-        keys = self.start.numel()
+        keys = self.keys
 
         def example(n: int) -> dict[str, Tensor]:
             steps = max(1, min(n, self.window))
             return {"frames": (torch.rand(n, steps, keys) < 0.1).float()}
 
-        dynamic = {"frames": {0: "batch", 1: "steps"}, "logits": {0: "batch", 1: "steps"}}
-        about = (f"frames (batch, steps ≤ {self.window}, {keys}) 0/1 → logits of each frame's "
-                 f"{keys} notes given the frames before it")  # fmt: skip
-        return [OnnxGraph("frames", self, example, ["logits"], dynamic, about)]
+        frames = f"frames (batch, steps ≤ {self.window}, {keys}) 0/1"
+        if self.cfg.notes == "independent":
+            out = "logits"
+            about = f"{frames} → logits of each frame's {keys} notes given the frames before it"
+        else:
+            out = "frame_nll"
+            about = (f"{frames} → each frame's negative log-likelihood (nats) given the frames "
+                     "before it, its notes drawn low to high")  # fmt: skip
+        dynamic = {"frames": {0: "batch", 1: "steps"}, out: {0: "batch", 1: "steps"}}
+        return [OnnxGraph("frames", self, example, [out], dynamic, about)]
 
     @torch.no_grad()
     def sample(
@@ -106,9 +183,31 @@ class FrameModel(GenerativeModel):
         from its Bernoulli given the frames before."""
         steps = steps or self.window
         check(1 <= steps <= self.window, "steps", f"{steps} must be in [1, {self.window}]")
-        frames = torch.zeros(n, steps, self.start.numel(), device=self.device)
+        frames = torch.zeros(n, steps, self.keys, device=self.device)
         for t in range(steps):
-            p = self(frames[:, : t + 1])[:, t].sigmoid()  # (n, 88)
-            u = torch.rand(p.shape, generator=generator).to(p.device)
-            frames[:, t] = (u < p).float()
-        return self.as_music(frames.transpose(1, 2))  # (n, 88, steps)
+            h = self.context(frames[:, : t + 1])[:, t]  # (n, C)
+            if self.cfg.notes == "independent":
+                p = self.head(h).sigmoid()  # (n, keys)
+                u = torch.rand(p.shape, generator=generator).to(p.device)
+                frames[:, t] = (u < p).float()
+            else:
+                frames[:, t] = self.draw_frame(h, generator)
+        return self.as_music(frames.transpose(1, 2))  # (n, keys, steps)
+
+    def draw_frame(self, h: Tensor, generator: torch.Generator | None) -> Tensor:
+        """One frame per row of `h`: notes low to high until each row draws "stop"."""
+        n = h.shape[0]
+        frame = torch.zeros(n, self.keys, device=h.device)
+        below = torch.full((n,), self.keys + 1, device=h.device, dtype=torch.long)
+        live = torch.ones(n, dtype=torch.bool, device=h.device)
+        for rank in range(self.keys + 1):
+            logits = self.note_logits(h, below, frame, torch.full_like(below, rank))
+            u = torch.rand(n, 1, generator=generator).to(h.device)  # inverse-CDF draw
+            cdf = logits.softmax(-1).cumsum(-1)
+            note = (cdf < u * cdf[:, -1:]).sum(-1).clamp(max=self.keys)
+            live &= note < self.keys
+            if not live.any():
+                break
+            frame[live, note[live]] = 1.0
+            below = torch.where(live, note, below)
+        return frame

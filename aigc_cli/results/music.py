@@ -5,6 +5,7 @@ repeated one, and merging them is the usual reading)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from aigc_cli.results.images import save_grid, to_grid
 from aigc_cli.results.midi import Note, midi_bytes
 
 ROLL_SCALE = 4  # pixels per step and per semitone in the piano-roll PNG
+GRID_TOLERANCE = 1e-6  # of a grid step
 PIECES = 4  # pieces drawn when no count is given (each a MIDI file, a WAV and a piano roll)
 
 
@@ -77,16 +79,20 @@ def roll_to_notes(roll: Tensor, low: int, step: float) -> list[Note]:
 
 
 def notes_to_roll(notes: list[Note], low: int, pitches: int, steps: int, step: float) -> Tensor:
-    """Notes → (pitches, steps) bool, a note sounding on every grid step it overlaps the start
-    of; pitches outside [low, low + pitches) are dropped."""
+    """Notes → (pitches, steps) bool: step k holds the notes sounding at time k·step, as the JSB
+    Chorales were sampled (a note shorter than a step that spans no grid point is left out, so
+    a passing eighth does not add a fifth note to a four-part frame); pitches outside
+    [low, low + pitches) are dropped."""
     roll = torch.zeros(pitches, steps, dtype=torch.bool)
     for n in notes:
         row = n.pitch - low
         if not 0 <= row < pitches:
             continue
-        first = round(n.start / step)
-        last = max(first + 1, round((n.start + n.duration) / step))
-        roll[row, first : min(last, steps)] = True
+        # the first and one past the last grid point in [start, end), with a tolerance for
+        # durations such as 1/3 that floats cannot hold exactly
+        first = math.ceil(n.start / step - GRID_TOLERANCE)
+        last = math.ceil((n.start + n.duration) / step - GRID_TOLERANCE)
+        roll[row, max(first, 0) : min(last, steps)] = True
     return roll
 
 
