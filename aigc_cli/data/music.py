@@ -32,6 +32,7 @@ from aigc_cli.data.base import (
     TensorData,
     _EpochIterator,
 )
+from aigc_cli.data.music_features import feature_sets, mean_overlap
 from aigc_cli.data.text import TextData, make_tokenizer
 from aigc_cli.errors import DataError
 from aigc_cli.results import Music, SampleResult
@@ -57,12 +58,32 @@ C_MAJOR = {0, 2, 4, 5, 7, 9, 11}
 C_MINOR = {0, 2, 3, 5, 7, 8, 10, 11}  # natural minor with the raised seventh of harmonic minor
 
 
+# Four-part writing's usual ranges, bass to soprano (MIDI pitches, inclusive): E2-C4, C3-G4,
+# G3-C5, C4-G5, as harmony textbooks give them.
+VOICE_RANGES = ((40, 60), (48, 67), (55, 72), (60, 79))
+
+
+def voice_range_violations(roll: Tensor, low: int) -> tuple[int, int]:
+    """Of the frames of a (pitches, steps) roll that hold exactly four notes, read low to high
+    as bass, tenor, alto and soprano: how many put a voice outside its range, and how many
+    there are. (A roll keeps no voices, so crossings cannot be told from it.)"""
+    frames = roll.t()[roll.sum(0) == len(VOICE_RANGES)]  # (n, pitches), four notes each
+    if not len(frames):
+        return 0, 0
+    rows = torch.arange(roll.shape[0]).expand_as(frames)
+    pitches = rows[frames.bool()].view(-1, len(VOICE_RANGES)) + low  # low to high
+    lo, hi = torch.tensor(VOICE_RANGES).t()
+    bad = ((pitches < lo) | (pitches > hi)).any(1)
+    return int(bad.sum()), len(frames)
+
+
 def music_stats(rolls: list[Tensor], low: int) -> dict[str, float]:
     """Statistics of pieces, each a (pitches, steps) roll, averaged over the pieces: notes per
     frame, the share of empty frames, the share of sounding note-steps in C major or C minor
-    (whichever fits the piece better: the data are transposed to C); and the entropy in bits
-    of the pitch-class histogram of all pieces together."""
-    per_piece, pooled = [], torch.zeros(12)
+    (whichever fits the piece better: the data are transposed to C); the entropy in bits of the
+    pitch-class histogram of all pieces together; and of all four-note frames together, the
+    share with a voice out of its range (VOICE_RANGES)."""
+    per_piece, pooled, voices = [], torch.zeros(12), [0, 0]
     for roll in rolls:
         roll = roll.bool().cpu()
         frames = roll.sum(0).float()  # (steps,) notes sounding per frame
@@ -72,11 +93,15 @@ def music_stats(rolls: list[Tensor], low: int) -> dict[str, float]:
         total = max(hist.sum().item(), 1.0)
         key = max(hist[sorted(C_MAJOR)].sum().item(), hist[sorted(C_MINOR)].sum().item())
         per_piece.append([frames.mean().item(), (frames == 0).float().mean().item(), key / total])
+        bad, four = voice_range_violations(roll, low)
+        voices[0] += bad
+        voices[1] += four
     means = torch.tensor(per_piece).mean(0).tolist()
     p = pooled / pooled.sum().clamp(min=1)
     entropy = -(p[p > 0] * p[p > 0].log2()).sum().item()
     return {"notes_per_frame": means[0], "empty_frames": means[1], "in_key": means[2],
-            "pitch_class_entropy": entropy}  # fmt: skip
+            "pitch_class_entropy": entropy,
+            "voice_range_violations": voices[0] / max(voices[1], 1)}  # fmt: skip
 
 
 class MusicStats:
@@ -84,12 +109,25 @@ class MusicStats:
 
     metric_samples = 16
     reference: dict[str, float]
+    features: dict[str, Tensor]  # Yang & Lerch's features of the test pieces
     pieces: dict[str, list[Piece]]  # each split's pieces, the source of prompts
+
+    def set_reference(self, test: list[Tensor], valid: list[Tensor], low: int) -> None:
+        """The test pieces' statistics and features, and as the ceiling of the overlapping area,
+        the same figure for the validation pieces (when there are two or more)."""
+        self.reference = music_stats(test, low)
+        self.features = feature_sets(test, low)
+        if len(valid) > 1:
+            ceiling = mean_overlap(self.features, feature_sets(valid, low))
+            self.reference["overlap_area"] = ceiling["mean"]
 
     def sample_metrics(self, samples: SampleResult) -> dict[str, float]:
         assert isinstance(samples, Music), "music data gets music samples"
         # pieces of different lengths come padded with silence: trailing silence is not theirs
-        stats = music_stats([_trim(r) for r in samples.rolls], samples.low)
+        rolls = [_trim(r) for r in samples.rolls]
+        stats = music_stats(rolls, samples.low)
+        overlap = mean_overlap(self.features, feature_sets(rolls, samples.low))
+        stats["overlap_area"] = overlap["mean"]
         return {**{f"samples_{k}": v for k, v in stats.items()},
                 **{f"real_{k}": v for k, v in self.reference.items()}}  # fmt: skip
 
@@ -207,7 +245,8 @@ def roll_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> T
     zeros = lambda x: torch.zeros(x.shape[0], dtype=torch.long)  # noqa: E731
     data = RollData(spec, (train, zeros(train)), (test, zeros(test)))
     data.augment = cfg.augment
-    data.reference = music_stats([r[0] > 0 for r in test], ROLL_LOW)
+    valid = images(parts["valid"]) if parts["valid"] else test[:0]
+    data.set_reference([r[0] > 0 for r in test], [r[0] > 0 for r in valid], ROLL_LOW)
     return data
 
 
@@ -230,7 +269,8 @@ def frame_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> 
     spec = DataSpec(kind="frames", shape=[cfg.window, KEYS], binary=True, extra={"music": music})
     data = FrameData(spec, train, test)
     data.augment = cfg.augment
-    data.reference = music_stats([p.roll for p in parts["test"]], PIANO_LOW)
+    data.set_reference([p.roll for p in parts["test"]], [p.roll for p in parts["valid"]],
+                       PIANO_LOW)  # fmt: skip
     return data
 
 
@@ -300,7 +340,8 @@ def token_data(
     test = "".join(encode(p.roll, cfg.representation) + PIECE for p in parts["test"])
     tokenizer = make_tokenizer(cfg.tokenizer, train + test, cfg.vocab_size, len(train))
     data = MusicText(train + test, tokenizer, cfg.block_size, source, split_at=len(train))
-    data.reference = music_stats([p.roll for p in parts["test"]], PIANO_LOW)
+    data.set_reference([p.roll for p in parts["test"]], [p.roll for p in parts["valid"]],
+                       PIANO_LOW)  # fmt: skip
     per_char = data.spec.extra["tokens_per_char"] * len(test)  # tokens of the test text
     notes = sum(1 for ch in test if 0 <= ord(ch) - PITCH_CHAR < KEYS)
     if cfg.representation == "frame_tokens":
