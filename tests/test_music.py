@@ -456,3 +456,40 @@ def test_samples_like_the_test_pieces_overlap_more_than_noise():
     good, bad = data.sample_metrics(like), data.sample_metrics(noise)
     assert good["samples_overlap_area"] > 0.6 > 0.3 > bad["samples_overlap_area"]
     assert 0 < good["real_overlap_area"] <= 1
+
+
+def test_mode_labels_by_hand():
+    """Krumhansl-Schmuckler on sounding steps: a C major scale is major, C harmonic minor is
+    minor; roll windows carry their piece's mode as the class a music classifier learns."""
+    from aigc_cli.build import build_data
+    from aigc_cli.data.music import mode_of
+
+    def scale(pitches):
+        roll = torch.zeros(88, len(pitches) + 2, dtype=torch.bool)
+        for t, p in enumerate([*pitches, 60, 60]):  # the tonic again, held
+            roll[p - 21, t] = True
+        return roll
+
+    assert mode_of(scale([60, 62, 64, 65, 67, 69, 71, 72]), 21) == 0
+    assert mode_of(scale([60, 62, 63, 65, 67, 68, 71, 72]), 21) == 1
+    data = build_data({"name": "tunes", "representation": "roll"})
+    assert data.spec.num_classes == 2 and data.spec.class_names == ["major", "minor"]
+    # a tune (32 steps) is one window: its label is its own estimated mode
+    assert data.train[1].tolist() == [mode_of(p.roll, 21) for p in data.pieces["train"]]
+
+
+@pytest.mark.slow
+def test_frechet_distance_on_piano_rolls_uses_a_music_classifier(run_main, tmp_path):
+    """A classifier trained on the rolls' modes is found by dataset, and a family trained on
+    the same rolls reports a Fréchet distance on its features, naming that classifier."""
+    rolls = ["dataset=tunes", "dataset.representation=roll", "trainer.max_steps=3",
+             "trainer.batch_size=8", "trainer.progress=false", "trainer.device=cpu"]  # fmt: skip
+    code, _, err = run_main("train", "model=classifier", *rolls, "hydra.run.dir=outputs/clf")
+    assert code == 0, err
+    code, _, err = run_main("train", "model=vae", *rolls, *MUSIC_RUNS["vae"][1:],
+                            "metrics.names=[fid]", "metrics.num_samples=24",
+                            "metrics.batch_size=8", "hydra.run.dir=outputs/vae")  # fmt: skip
+    assert code == 0, err
+    record = json.loads((tmp_path / "outputs" / "vae" / "metrics.json").read_text())
+    assert record["test/fid"] > 0 and math.isfinite(record["test/fid"])
+    assert "outputs/clf" in record["methods"]["test/fid"]

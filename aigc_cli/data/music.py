@@ -43,6 +43,7 @@ PIANO_LOW, KEYS = 21, 88  # A0 .. C8
 GRIDS = {"quarter": 1.0, "sixteenth": 0.25}  # quarter notes per grid step
 REPRESENTATIONS = ("roll", "frames", "frame_tokens", "events")
 SPLITS = ("train", "valid", "test")
+MODES = ("major", "minor")  # the labels of piano-roll windows
 ROLL_LOW, ROLL_PITCHES = 36, 48  # roll images: C2 .. B5, the range of four-part chorales
 PITCH_CHAR = 33  # frame_tokens/events: pitch p is chr(33 + p - 21), "!" .. "x"
 DURATION_CHAR = 0xC0  # events: a duration of d grid steps is chr(0xC0 + d), "À"...
@@ -175,14 +176,29 @@ def transposition(notes: list[Note]) -> int:
     hist = torch.zeros(12)
     for n in notes:
         hist[n.pitch % 12] += n.duration
-    best, tonic = -2.0, 0
-    for profile in (MAJOR, MINOR):
+    _, tonic = estimate_key(hist)
+    return (-tonic + 6) % 12 - 6
+
+
+def estimate_key(hist: Tensor) -> tuple[int, int]:
+    """(mode, tonic) of a 12-bin pitch-class histogram (C = 0) by Krumhansl-Schmuckler: the
+    major (mode 0) or minor (mode 1) profile, on the tonic, that correlates best with it."""
+    best, key = -2.0, (0, 0)
+    for mode, profile in enumerate((MAJOR, MINOR)):
         p = torch.tensor(profile)
         for k in range(12):
-            r = torch.corrcoef(torch.stack([hist, p.roll(k)]))[0, 1].item()
+            r = torch.corrcoef(torch.stack([hist.float(), p.roll(k)]))[0, 1].item()
             if r > best:
-                best, tonic = r, k
-    return (-tonic + 6) % 12 - 6
+                best, key = r, (mode, k)
+    return key
+
+
+def mode_of(roll: Tensor, low: int) -> int:
+    """0 for a piece in a major key, 1 for minor, from its (pitches, steps) roll's sounding
+    steps; the label a music classifier learns, whose features the Fréchet distance uses."""
+    classes = (torch.arange(roll.shape[0]) + low) % 12
+    hist = torch.zeros(12).index_add_(0, classes, roll.float().sum(1).cpu())
+    return estimate_key(hist)[0]
 
 
 def bar_steps(grid: str) -> int:
@@ -227,26 +243,33 @@ def roll_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> T
     check(cfg.window == ROLL_PITCHES, "dataset.window", square)
     lo = ROLL_LOW - PIANO_LOW
 
-    def images(pieces: list[Piece]) -> Tensor:
-        out = []
+    def images(pieces: list[Piece]) -> tuple[Tensor, Tensor]:
+        """(N, 1, pitches, steps) uint8 0/255 windows, and each one's piece's mode."""
+        out, modes = [], []
         for p in pieces:
             r = p.roll[lo : lo + ROLL_PITCHES]
+            mode = mode_of(p.roll, PIANO_LOW)
             for start in range(0, r.shape[1], cfg.window):
                 w = torch.zeros(ROLL_PITCHES, cfg.window, dtype=torch.uint8)
                 chunk = r[:, start : start + cfg.window]
                 w[:, : chunk.shape[1]] = chunk.to(torch.uint8) * 255
                 out.append(w)
-        return torch.stack(out).unsqueeze(1)  # (N, 1, pitches, steps), uint8 0/255
+                modes.append(mode)
+        if not out:
+            return torch.zeros(0, 1, ROLL_PITCHES, cfg.window, dtype=torch.uint8), torch.zeros(
+                0
+            ).long()
+        return torch.stack(out).unsqueeze(1), torch.tensor(modes)
 
     train, test = images(parts["train"]), images(parts["test"])
     music = {**music, "low": ROLL_LOW, "pitches": ROLL_PITCHES}
-    spec = DataSpec(kind="image", shape=[1, ROLL_PITCHES, cfg.window], binary=True,
-                    extra={"music": music})  # fmt: skip
-    zeros = lambda x: torch.zeros(x.shape[0], dtype=torch.long)  # noqa: E731
-    data = RollData(spec, (train, zeros(train)), (test, zeros(test)))
+    # labelled by mode: a classifier trained on them gives the features of a Fréchet distance
+    spec = DataSpec(kind="image", shape=[1, ROLL_PITCHES, cfg.window], num_classes=len(MODES),
+                    class_names=list(MODES), binary=True, extra={"music": music})  # fmt: skip
+    data = RollData(spec, train, test)
     data.augment = cfg.augment
-    valid = images(parts["valid"]) if parts["valid"] else test[:0]
-    data.set_reference([r[0] > 0 for r in test], [r[0] > 0 for r in valid], ROLL_LOW)
+    valid = images(parts["valid"])[0]
+    data.set_reference([r[0] > 0 for r in test[0]], [r[0] > 0 for r in valid], ROLL_LOW)
     return data
 
 

@@ -35,6 +35,12 @@ class Music(SampleResult):
     def __len__(self) -> int:
         return int(self.rolls.shape[0])
 
+    @property
+    def images(self) -> Tensor:
+        """The rolls as (N, 1, pitches, steps) images in [0, 1], row 0 the lowest pitch, as
+        piano-roll data hand them to the image families (and sample-quality metrics take)."""
+        return self.rolls.float().unsqueeze(1)
+
     def notes(self, i: int) -> list[Note]:
         return roll_to_notes(self.rolls[i], self.low, self.step)
 

@@ -10,7 +10,7 @@ import torch
 
 from aigc_cli import distributed
 from aigc_cli.data.base import DataModule
-from aigc_cli.models.base import TrainedModel
+from aigc_cli.models.base import GenerativeModel, TrainedModel
 
 
 @contextlib.contextmanager
@@ -61,7 +61,7 @@ def evaluate(
         pooled = distributed.sum_objects(sums, world)  # the same dict with one rank
         n = pooled.pop("n")
         metrics = model.finalize_metrics({k: v / n for k, v in pooled.items()})
-        if num_samples:
+        if num_samples and isinstance(model, GenerativeModel):  # a classifier draws nothing
             extra = None
             if world.is_main:
                 g = torch.Generator().manual_seed(seed)
