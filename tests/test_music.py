@@ -404,7 +404,7 @@ def test_ordered_lstm_frames_train_sample_and_export_to_onnx(tmp_path):
     out = run_cli("export", "run=run", "out=onnx", "format=onnx", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     model = aigc.load(tmp_path / "onnx").module
-    x = (torch.rand(3, 5, 88) < 0.05).float()
+    x = (torch.rand(3, 5, 88) < 0.3).float()  # fuller frames than any the graph was traced on
     session = ort.InferenceSession(str(tmp_path / "onnx" / "frames.onnx"))
     (nll,) = session.run(None, {"frames": x.numpy()})
     assert torch.allclose(torch.from_numpy(nll), model(x), atol=1e-4)

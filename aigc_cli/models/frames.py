@@ -114,10 +114,12 @@ class FrameModel(GenerativeModel):
         floor = torch.where(below < self.keys, below, -1)  # no floor before the first note
         return logits.masked_fill((keys <= floor[..., None]) & (keys < self.keys), -math.inf)
 
-    def ordered_nll(self, h: Tensor, frames: Tensor) -> Tensor:
-        """(B, T) negative log-likelihood of each frame as its notes low to high, then stop."""
+    def ordered_nll(self, h: Tensor, frames: Tensor, draws: int = 0) -> Tensor:
+        """(B, T) negative log-likelihood of each frame as its notes low to high, then stop,
+        over `draws` draws per frame (0: as many as the fullest frame needs, the stop included;
+        a traced graph takes every key's, the same figure for any input)."""
         count = frames.sum(-1).long()  # (B, T)
-        k = int(count.max()) + 1 if count.numel() else 1  # draws per frame, the stop included
+        k = draws or (int(count.max()) + 1 if count.numel() else 1)
         keys = torch.arange(self.keys, device=frames.device, dtype=frames.dtype)
         order = torch.where(frames > 0, keys, float(self.keys)).sort(-1).values
         order = F.pad(order, (0, 1), value=float(self.keys))[..., :k]  # a full frame stops too
@@ -173,7 +175,8 @@ class FrameModel(GenerativeModel):
             about = (f"{frames} → each frame's negative log-likelihood (nats) given the frames "
                      "before it, its notes drawn low to high")  # fmt: skip
         dynamic = {"frames": {0: "batch", 1: "steps"}, out: {0: "batch", 1: "steps"}}
-        return [OnnxGraph("frames", self, example, [out], dynamic, about)]
+        graph = self if self.cfg.notes == "independent" else _TracedScores(self)
+        return [OnnxGraph("frames", graph, example, [out], dynamic, about)]
 
     @torch.no_grad()
     def sample(
@@ -211,3 +214,16 @@ class FrameModel(GenerativeModel):
             frame[live, note[live]] = 1.0
             below = torch.where(live, note, below)
         return frame
+
+
+class _TracedScores(nn.Module):
+    """The ordered model's frame scores with a fixed number of draws per frame (every key's
+    and the stop), so the traced graph holds no count taken from its example input."""
+
+    def __init__(self, model: FrameModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: Tensor) -> Tensor:
+        h = self.model.context(frames)
+        return self.model.ordered_nll(h, frames, draws=self.model.keys + 1)
