@@ -40,9 +40,9 @@ def piece_features(roll: Tensor, low: int) -> dict[str, Tensor]:
     lengths = (ends[:, 1] - starts[:, 1]).float()
     rows = on.any(1).nonzero().flatten().float()
     classes = torch.zeros(12).index_add_(0, (starts[:, 0] + low) % 12, torch.ones(len(starts)))
-    onsets = starts[:, 1].unique()
-    mean_pitch = torch.stack([starts[starts[:, 1] == t, 0].float().mean() for t in onsets]
-                             or [torch.zeros(0)])  # fmt: skip
+    onsets, which = starts[:, 1].unique(return_inverse=True)
+    pitch_sums = torch.zeros(len(onsets)).index_add_(0, which, starts[:, 0].float())
+    mean_pitch = pitch_sums / torch.bincount(which, minlength=len(onsets)).clamp(min=1)
     bins = torch.bucketize(lengths, torch.tensor(LENGTH_BINS, dtype=torch.float))
     length_hist = torch.zeros(len(LENGTH_BINS) + 1).index_add_(0, bins, torch.ones(len(bins)))
     return {
