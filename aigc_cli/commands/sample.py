@@ -125,17 +125,18 @@ def music_prompt(cfg: SampleConfig, model: GenerativeModel, record: dict[str, An
         return ""
     check(cfg.prompt_steps >= 1, "prompt_steps", f"{cfg.prompt_steps} must be >= 1")
     music = music_spec(model.spec) or {}
-    piece = recorded_test_piece(cfg.prompt_piece, record) if cfg.prompt_midi is None else None
-    if cfg.prompt_midi:
+    if not cfg.prompt_midi:
+        piece = recorded_test_piece(cfg.prompt_piece, record)
+    else:
         path = Path(cfg.prompt_midi).expanduser()
         notes = read_notes(path) if path.is_file() else []
-        piece = piece_from_notes(path.name, notes, music["step"], music.get("transpose", True))
-        if piece is None:
+        found = piece_from_notes(path.name, notes, music["step"], music.get("transpose", True))
+        if found is None:
             raise ConfigError(
                 f"bad value for 'prompt_midi': {path} is missing, unreadable or has no notes",
                 hint="pass a standard MIDI file with notes on the piano's keys",
             )
-    assert piece is not None
+        piece = found
     return PIECE + encode(piece.roll[:, : cfg.prompt_steps], music["encoding"])
 
 

@@ -256,9 +256,8 @@ def roll_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> T
                 out.append(w)
                 modes.append(mode)
         if not out:
-            return torch.zeros(0, 1, ROLL_PITCHES, cfg.window, dtype=torch.uint8), torch.zeros(
-                0
-            ).long()
+            empty = torch.zeros(0, 1, ROLL_PITCHES, cfg.window, dtype=torch.uint8)
+            return empty, torch.zeros(0, dtype=torch.long)
         return torch.stack(out).unsqueeze(1), torch.tensor(modes)
 
     train, test = images(parts["train"]), images(parts["test"])

@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor
 
+from aigc_cli.results.music import note_spans
+
 # The features, each a vector per piece, on the grid's steps (length-free: per-step rates and
 # normalised histograms, since generated pieces and real ones differ in length).
 FEATURES = (
@@ -33,15 +35,12 @@ def piece_features(roll: Tensor, low: int) -> dict[str, Tensor]:
     """The features of one (pitches, steps) 0/1 roll whose row 0 is MIDI pitch `low`."""
     on = roll.bool().cpu()
     steps = max(on.shape[1], 1)
-    padded = torch.nn.functional.pad(on.to(torch.int8), (1, 1))
-    change = padded[:, 1:] - padded[:, :-1]  # +1 at an onset, -1 one past the end
-    starts = (change == 1).nonzero()  # (notes, 2): pitch row, onset step
-    ends = (change == -1).nonzero()  # the same order: by row, then by step
-    lengths = (ends[:, 1] - starts[:, 1]).float()
+    pitch_rows, firsts, lengths = note_spans(on)
+    lengths = lengths.float()
     rows = on.any(1).nonzero().flatten().float()
-    classes = torch.zeros(12).index_add_(0, (starts[:, 0] + low) % 12, torch.ones(len(starts)))
-    onsets, which = starts[:, 1].unique(return_inverse=True)
-    pitch_sums = torch.zeros(len(onsets)).index_add_(0, which, starts[:, 0].float())
+    classes = torch.zeros(12).index_add_(0, (pitch_rows + low) % 12, torch.ones(len(firsts)))
+    onsets, which = firsts.unique(return_inverse=True)
+    pitch_sums = torch.zeros(len(onsets)).index_add_(0, which, pitch_rows.float())
     mean_pitch = pitch_sums / torch.bincount(which, minlength=len(onsets)).clamp(min=1)
     bins = torch.bucketize(lengths, torch.tensor(LENGTH_BINS, dtype=torch.float))
     length_hist = torch.zeros(len(LENGTH_BINS) + 1).index_add_(0, bins, torch.ones(len(bins)))
@@ -52,7 +51,7 @@ def piece_features(roll: Tensor, low: int) -> dict[str, Tensor]:
         "pitch_interval": torch.tensor(
             [mean_pitch.diff().abs().mean().item() if len(mean_pitch) > 1 else 0.0]
         ),
-        "note_rate": torch.tensor([len(starts) / steps]),
+        "note_rate": torch.tensor([len(firsts) / steps]),
         "inter_onset_interval": torch.tensor(
             [onsets.diff().float().mean().item() if len(onsets) > 1 else 0.0]
         ),

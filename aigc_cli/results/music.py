@@ -72,15 +72,20 @@ class Music(SampleResult):
         return f"{len(self)} pieces, {notes} notes: MIDI files and WAV previews; listen to the .wav"
 
 
+def note_spans(roll: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The notes of a (pitches, steps) roll, each run of sounding steps of one pitch one note:
+    their rows, first steps and lengths in steps, ordered by row, then by step."""
+    padded = torch.nn.functional.pad(roll.bool().cpu().to(torch.int8), (1, 1))  # (P, T + 2)
+    change = padded[:, 1:] - padded[:, :-1]  # +1 at an onset, -1 one past the end
+    starts = (change == 1).nonzero()  # (notes, 2): row, step
+    ends = (change == -1).nonzero()  # the same order, so the i-th end closes the i-th start
+    return starts[:, 0], starts[:, 1], ends[:, 1] - starts[:, 1]
+
+
 def roll_to_notes(roll: Tensor, low: int, step: float) -> list[Note]:
     """(pitches, steps) bool → notes, each run of sounding steps of one pitch one note."""
-    on = roll.bool().cpu()
-    padded = torch.nn.functional.pad(on.to(torch.int8), (1, 1))  # (P, T + 2)
-    change = padded[:, 1:] - padded[:, :-1]  # +1 at an onset, -1 one past the end
-    notes = []
-    for pitch, start in (change == 1).nonzero().tolist():
-        end = int((change[pitch, start:] == -1).nonzero()[0, 0]) + start
-        notes.append(Note(low + pitch, start * step, (end - start) * step))
+    spans = zip(*(t.tolist() for t in note_spans(roll)), strict=True)
+    notes = [Note(low + row, first * step, length * step) for row, first, length in spans]
     return sorted(notes, key=lambda n: (n.start, n.pitch))
 
 
