@@ -4,7 +4,7 @@ ship with every CPython, so no file or network)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from pydoc_data.topics import topics
@@ -124,6 +124,28 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
     if d["kind"] == "bpe":
         return BPETokenizer(d["json"])
     return CharTokenizer(d["chars"]) if d["kind"] == "char" else ByteTokenizer()
+
+
+class TextStream:
+    """Tokens in, text out as soon as it is whole characters: a byte-level token may end in
+    the middle of a UTF-8 character, which waits for the tokens that complete it (at most 4
+    bytes, after which whatever is undecodable goes out as U+FFFD)."""
+
+    def __init__(self, tokenizer: Tokenizer, emit: Callable[[str], None]) -> None:
+        self.tokenizer, self.emit = tokenizer, emit
+        self.pending: list[int] = []
+
+    def push(self, token: int) -> None:
+        self.pending.append(token)
+        text = self.tokenizer.decode(self.pending)
+        if "\ufffd" not in text or len(self.pending) > 4:
+            self.emit(text)
+            self.pending.clear()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.emit(self.tokenizer.decode(self.pending))
+            self.pending.clear()
 
 
 class _WindowIterator(BatchIterator):

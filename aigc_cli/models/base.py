@@ -133,10 +133,41 @@ class TrainedModel(nn.Module):
         return next(self.parameters()).device
 
 
+@dataclass
+class Request:
+    """One caller's share of a batch (the server's requests): `n` samples with `options` (the
+    keyword options of `sample`), drawn from the caller's own `generator`, so a seeded request
+    gives the same samples alone or beside others."""
+
+    n: int
+    generator: torch.Generator
+    options: dict[str, Any] = field(default_factory=dict)
+    #: True once the caller has gone: its rows stop at the next token or denoising step
+    cancelled: Callable[[], bool] = lambda: False
+    #: text: each row's new text as it comes, (row, text); cut at whole characters
+    on_text: Callable[[int, str], None] | None = None
+    #: step k of N of a sampler, after each step
+    on_step: Callable[[int, int], None] | None = None
+
+
 class GenerativeModel(TrainedModel):
     """A model that draws samples: images, points or texts, as a typed result."""
 
     generates = True
+
+    def batch_key(self, options: dict[str, Any]) -> Any:
+        """Requests whose options give equal keys can share one `sample_batch` call; None =
+        each request runs alone (the default: one call of `sample`)."""
+        return None
+
+    def sample_batch(self, requests: list[Request]) -> list[SampleResult | None]:
+        """One result per request (None for a cancelled one). Families that batch override
+        this; here each request is one `sample` call."""
+        out: list[SampleResult | None] = []
+        for r in requests:
+            out.append(None if r.cancelled() else self.sample(r.n, generator=r.generator,
+                                                              **r.options))  # fmt: skip
+        return out
 
     @torch.no_grad()
     def sample(

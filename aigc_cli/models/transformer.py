@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -18,15 +19,17 @@ from torch.optim import Optimizer
 
 from aigc_cli.config import OptimConfig, check
 from aigc_cli.data.base import Batch, DataSpec
-from aigc_cli.data.music import PIECE, decode, music_spec
-from aigc_cli.data.text import tokenizer_from_dict
+from aigc_cli.data.music import PIECE, music_spec
+from aigc_cli.data.music import decode as decode_music
+from aigc_cli.data.text import TextStream, tokenizer_from_dict
 from aigc_cli.errors import DataError
-from aigc_cli.models.base import GenerativeModel, OnnxGraph, Stage
+from aigc_cli.models.base import GenerativeModel, OnnxGraph, Request, Stage
+from aigc_cli.models.decoding import Row, decode, row_generators
 from aigc_cli.models.pixels import PixelCodec
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
 from aigc_cli.registry import MODELS
-from aigc_cli.results import Images, Music, Texts
+from aigc_cli.results import Images, Music, SampleResult, Texts
 
 KVCache = list[dict[str, Tensor]]  # one {"k", "v"} per layer, each (B, heads, T_past, head_dim)
 
@@ -39,7 +42,11 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(n_embd, n_embd)
         self.resid_drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, cache: dict[str, Tensor] | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, cache: dict[str, Tensor] | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        """`mask` (B, 1, T, T_past + T), True where a query may attend: rows of different
+        lengths decoded together (models/decoding.py); None = plain causal attention."""
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)  # (B, T, C) each
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
@@ -51,14 +58,15 @@ class CausalSelfAttention(nn.Module):
                 k = torch.cat([cache["k"], k], dim=2)  # (B, heads, T_past + T, head_dim)
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
-        if past and t > 1:
+        if past and t > 1 and mask is None:
             raise ValueError("the KV cache takes one token at a time after the prompt")
         # New tokens see all cached ones; within a fresh sequence the mask is causal. (bool():
         # under the ONNX tracer the sizes are tensors; each traced graph fixes this choice.)
-        causal = bool(past == 0 and t > 1)
+        causal = bool(past == 0 and t > 1) and mask is None
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, heads, T, head_dim)
+            q, k, v, attn_mask=mask, is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, heads, T, head_dim)  # fmt: skip
         y = y.transpose(1, 2).contiguous().view(b, t, c)  # (B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -76,8 +84,10 @@ class Block(nn.Module):
             nn.Dropout(dropout),
         )
 
-    def forward(self, x: Tensor, cache: dict[str, Tensor] | None = None) -> Tensor:
-        x = x + self.attn(self.ln1(x), cache)
+    def forward(
+        self, x: Tensor, cache: dict[str, Tensor] | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        x = x + self.attn(self.ln1(x), cache, mask)
         return x + self.mlp(self.ln2(x))
 
 
@@ -108,15 +118,26 @@ class GPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self,
+        idx: Tensor,
+        cache: KVCache | None = None,
+        pos: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        """`pos` (B, T) and `mask` (B, 1, T, T_past + T) give each row its own positions and
+        keys when rows of different lengths share a batch; None = one sequence's."""
         t = idx.shape[1]
         past = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
-        if past + t > self.block_size:
-            raise ValueError(f"sequence of {past + t} tokens exceeds block_size {self.block_size}")
-        pos = torch.arange(past, past + t, device=idx.device)
+        if pos is None:
+            if past + t > self.block_size:
+                raise ValueError(
+                    f"sequence of {past + t} tokens exceeds block_size {self.block_size}"
+                )
+            pos = torch.arange(past, past + t, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache[i] if cache is not None else None)
+            x = block(x, cache[i] if cache is not None else None, mask)
         return self.head(self.ln_f(x))  # (B, T, vocab)
 
 
@@ -330,86 +351,89 @@ class Transformer(GenerativeModel):
         """Text: `n` continuations of `prompt` (each starts with it); `stream` receives the first
         one's text as it is generated. Images: `n` images (n, C, H, W) in [0, 1]. Music tokens
         (frame_tokens, events): `n` pieces, each continuing `prompt` (music in the same
-        encoding) up to `max_new_tokens` tokens or the end of a piece."""
-        check(max_new_tokens >= 0, "max_new_tokens", f"{max_new_tokens} must be >= 0")
+        encoding) up to `max_new_tokens` tokens or the end of a piece. Each row draws from its
+        own generator, seeded in turn from `generator`."""
         if generator is None:
             generator = torch.Generator().manual_seed(torch.seed() % 2**62)
-        # Draw on the model's device from a generator seeded by the caller's, so a seed gives
-        # the same output whatever the device's RNG did before.
-        dev_gen = torch.Generator(self.device).manual_seed(
-            int(torch.randint(0, 2**62, (1,), generator=generator))
-        )
-        filtering = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        options = {"prompt": prompt, "max_new_tokens": max_new_tokens,
+                   "temperature": temperature, "top_k": top_k, "top_p": top_p}  # fmt: skip
+        show = stream if music_spec(self.spec) is None and self.pixels is None else None
+        if show and prompt:
+            show(prompt)
+        request = Request(n, generator, options, on_text=(lambda row, text: row or show(text))
+                          if show else None)  # fmt: skip
+        result = self.sample_batch([request])[0]
+        assert result is not None
+        return result  # type: ignore[return-value]
+
+    def batch_key(self, options: dict[str, Any]) -> Any:
+        """Any requests batch together: rows keep their own prompts, filters and limits."""
+        return "tokens"
+
+    @torch.no_grad()
+    def sample_batch(self, requests: list[Request]) -> list[SampleResult | None]:
+        """Every request's rows decoded as one batch (models/decoding.py)."""
+        streams: list[TextStream] = []
+        rows = [self._rows(r, streams) for r in requests]
+        decode(self.gpt, [row for group in rows for row in group], filter_logits)
+        for stream in streams:  # the end of each text, whole characters or not
+            stream.flush()
+        out: list[SampleResult | None] = []
+        for request, group in zip(requests, rows, strict=True):
+            out.append(None if request.cancelled() else self._result(request, group))
+        return out
+
+    def _rows(self, request: Request, streams: list[TextStream]) -> list[Row]:
+        """The request's rows: its prompt (or the start token) and its options, checked; the
+        text streams of its rows join `streams`."""
+        o = request.options
+        limit, temperature = int(o.get("max_new_tokens", 256)), float(o.get("temperature", 1.0))
+        top_k, top_p = int(o.get("top_k", 0)), float(o.get("top_p", 1.0))
+        check(limit >= 0, "max_new_tokens", f"{limit} must be >= 0")
+        check(temperature > 0, "temperature", "must be > 0")
+        check(top_k >= 0, "top_k", f"{top_k} must be >= 0")
+        check(0 < top_p <= 1, "top_p", "must be in (0, 1]")
         if self.pixels is not None:
-            ids = torch.full((n, 1), self.pixels.vocab_size, device=self.device)
-            ids = self._generate(ids, self.pixels.seq_len, dev_gen, **filtering)
-            return self.as_result(self.pixels.decode(ids[:, 1:]))
+            start, limit = [self.pixels.vocab_size], self.pixels.seq_len
+        else:
+            assert self.tokenizer is not None
+            prompt = str(o.get("prompt") or "")
+            music = music_spec(self.spec) is not None
+            start = self.tokenizer.encode(prompt) if prompt else [self._start_id(music)]
+        on_text = request.on_text if self.pixels is None else None
+        rows = []
+        for i, g in enumerate(row_generators(request.generator, request.n, self.device)):
+            on_token = None
+            if on_text is not None:
+                assert self.tokenizer is not None
+                streams.append(TextStream(self.tokenizer, partial(on_text, i)))
+                on_token = streams[-1].push
+            rows.append(Row(list(start), limit, g, temperature, top_k, top_p, on_token,
+                            request.cancelled))  # fmt: skip
+        return rows
 
+    def _result(self, request: Request, rows: list[Row]) -> SampleResult:
+        """The request's rows as its kind of result."""
+        if self.pixels is not None:
+            ids = torch.tensor([r.tokens[1:] for r in rows], device=self.device)
+            return self.as_result(self.pixels.decode(ids))
         assert self.tokenizer is not None
-        tokenizer = self.tokenizer
-        music = music_spec(self.spec)
-        if music is not None:
-            stream = None  # note symbols, not text to show
-        start = tokenizer.encode(prompt) if prompt else [self._start_id(music is not None)]
-        ids = torch.tensor([start] * n, dtype=torch.long, device=self.device)  # (n, T0)
-        on_token = None
-        pending: list[int] = []
-        if stream:
-            if prompt:
-                stream(prompt)
-
-            def on_token(token: int) -> None:
-                pending.append(token)
-                text = tokenizer.decode(pending)
-                if "\ufffd" not in text or len(pending) > 4:  # wait for whole UTF-8 chars
-                    stream(text)
-                    pending.clear()
-
-        ids = self._generate(ids, max_new_tokens, dev_gen, on_token=on_token, **filtering)
-        if stream and pending:
-            stream(tokenizer.decode(pending))
-        skip = 0 if prompt else len(start)  # the newline we started from is not output
-        texts = [tokenizer.decode(row[skip:]) for row in ids.tolist()]
-        return self.music_of(texts) if music is not None else Texts(texts=texts)
+        prompt = str(request.options.get("prompt") or "")
+        tok = self.tokenizer
+        first = len(tok.encode(prompt)) if prompt else 1  # the start token is not output
+        news = [tok.decode(r.tokens[first:]) for r in rows]
+        if music_spec(self.spec) is not None:
+            return self.music_of(news if not prompt else [tok.decode(r.tokens) for r in rows])
+        return Texts(texts=[prompt + t for t in news], continuations=news,
+                     prompt_tokens=first if prompt else 0,
+                     new_tokens=[r.added for r in rows])  # fmt: skip
 
     def music_of(self, texts: list[str]) -> Music:
         """Music token texts (each up to its piece's end) as one Music result."""
         encoding = (music_spec(self.spec) or {})["encoding"]
-        rolls = [decode(t, encoding) for t in texts]
+        rolls = [decode_music(t, encoding) for t in texts]
         steps = max(r.shape[1] for r in rolls)
         return self.as_music(torch.stack([F.pad(r, (0, steps - r.shape[1])) for r in rolls]))
-
-    def _generate(
-        self,
-        ids: Tensor,
-        steps: int,
-        generator: torch.Generator,
-        temperature: float,
-        top_k: int,
-        top_p: float,
-        on_token: Callable[[int], None] | None = None,
-    ) -> Tensor:
-        """Append `steps` sampled tokens to `ids` (n, T0), one forward pass of one token each
-        through the KV cache; `on_token` sees row 0's tokens as they come."""
-        block = self.gpt.block_size
-        cache: KVCache = [{} for _ in self.gpt.blocks]
-        logits = self.gpt(ids[:, -block:], cache)[:, -1]  # prefill: (n, vocab)
-        for i in range(steps):
-            probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
-            nxt = torch.multinomial(probs, 1, generator=generator)  # (n, 1)
-            ids = torch.cat([ids, nxt], dim=1)
-            if on_token:
-                on_token(int(nxt[0, 0]))
-            if i == steps - 1:
-                break  # the last token needs no logits after it
-            if cache[0]["k"].shape[2] >= block:
-                # Context full: positions are absolute, so re-encode the most recent 3/4 of a
-                # block afresh (one full pass every block/4 tokens instead of every token).
-                cache = [{} for _ in self.gpt.blocks]
-                logits = self.gpt(ids[:, -(3 * block // 4) :], cache)[:, -1]
-            else:
-                logits = self.gpt(nxt, cache)[:, -1]
-        return ids
 
     def _start_id(self, music: bool) -> int:
         """What an unprompted sample starts from: a newline, or the start of a piece."""

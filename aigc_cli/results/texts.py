@@ -13,7 +13,10 @@ SEPARATOR = "\n\n---\n\n"
 
 @dataclass(kw_only=True)
 class Texts(SampleResult):
-    texts: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # each with its prompt
+    continuations: list[str] = field(default_factory=list)  # each without it
+    prompt_tokens: int = 0  # tokens of the prompt
+    new_tokens: list[int] = field(default_factory=list)  # tokens generated for each text
 
     suffix = ".txt"
 
