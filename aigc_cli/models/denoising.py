@@ -19,14 +19,17 @@ from aigc_cli.models.base import (
     GenerativeModel,
     HasSamplers,
     OnnxGraph,
+    Request,
     Stage,
     class_rows,
     conditional_classes,
 )
+from aigc_cli.models.draws import Draws
 from aigc_cli.models.nets import PointDenoiser, UNet
 from aigc_cli.models.vae import VAE, decoder_graph
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
+from aigc_cli.results import SampleResult
 
 QUARTERS = 4  # test losses are reported per quarter of the time range, one draw in each
 
@@ -166,6 +169,80 @@ class DenoisingModel(GenerativeModel, HasSamplers):
         out["loss"] = sum(out[f"loss_q{q + 1}"] for q in range(QUARTERS)) / QUARTERS
         return out
 
+    # ---- sampling: one loop for both families, each giving its plan and its step ----------
+    @torch.no_grad()
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None, **options: Any
+    ) -> SampleResult:
+        """`n` samples (one grid row per class of `classes` for a conditional model), with
+        the options `sampler`, `steps`, `guidance` (and diffusion's `eta`)."""
+        result = self.sample_batch([Request(n, generator, options)])[0]  # type: ignore[arg-type]
+        assert result is not None
+        return result
+
+    def batch_key(self, options: dict[str, Any]) -> Any:
+        """Requests with the same sampler, steps, guidance and eta share a batch; their classes
+        may differ (labels are per row)."""
+        return self.sampler_settings(options)
+
+    @torch.no_grad()
+    def sample_batch(self, requests: list[Request]) -> list[SampleResult | None]:
+        """Every request's rows through one sampling loop: each request's noise from its own
+        generator; after each step, `on_step` and the rows of cancelled requests dropped."""
+        settings = self.sampler_settings(requests[0].options)
+        sampler, steps, guidance, _ = settings
+        labels = [self.sample_labels(r.n, r.options.get("classes")) for r in requests]
+        draws = Draws([r.generator for r in requests], [count for count, _, _ in labels])
+        x = draws.randn((sum(draws.rows), *self.latent_shape), self.device)
+        y = torch.cat([ys for _, ys, _ in labels]) if self.num_classes else None  # type: ignore[misc]
+        plan, live = self.sampling_plan(sampler, steps), list(range(len(requests)))
+        for k, item in enumerate(plan):
+            x = self.sampling_step(x, y, item, settings, draws)
+            for i in live:
+                if requests[i].on_step is not None:
+                    requests[i].on_step(k + 1, len(plan))  # type: ignore[misc]
+            still = [i for i in live if not requests[i].cancelled()]
+            if len(still) < len(live):
+                rows = draws.row_index([live.index(i) for i in still])
+                x, y = x[rows], (y[rows] if y is not None else None)
+                draws, live = draws.keep([live.index(i) for i in still]), still
+            if not live:
+                return [None] * len(requests)
+        samples = self.from_model(x.float())
+        nfe = self.sampling_nfe(sampler, steps) * self.evals_per_call(y, guidance)
+        about = self.describe_sampler(sampler, steps)
+        out: list[SampleResult | None] = [None] * len(requests)
+        for i, part in zip(live, samples.split(draws.rows), strict=True):
+            out[i] = self.as_result(part, labels[i][2], about, nfe)
+        return out
+
+    def sampler_settings(self, options: dict[str, Any]) -> tuple[str, int, float, float]:
+        """(sampler, steps, guidance, eta) from a sample call's options, or the config's."""
+        sampler, steps, guidance = self.sampling_options(
+            options.get("sampler"), options.get("steps"), options.get("guidance"),
+            self.num_classes > 0,
+        )  # fmt: skip
+        eta = options.get("eta")
+        return (
+            sampler,
+            steps,
+            guidance,
+            float(getattr(self.cfg, "eta", 0.0) if eta is None else eta),
+        )
+
+    def sampling_plan(self, sampler: str, steps: int) -> list[Any]:
+        """What each step of the sampler needs (its times)."""
+        raise NotImplementedError
+
+    def sampling_step(self, x: Tensor, y: Tensor | None, item: Any,
+                      settings: tuple[str, int, float, float], draws: Draws) -> Tensor:  # fmt: skip
+        """One step of the sampler from x along the plan's `item`."""
+        raise NotImplementedError
+
+    def sampling_nfe(self, sampler: str, steps: int) -> int:
+        """Network calls per sample for the sampler, without guidance's doubling."""
+        return steps
+
     def sample_labels(self, n: int, classes: list[int] | None) -> tuple[int, Tensor | None, int]:
         """Labels for `n` samples: one grid row per class (of `classes`, default all)."""
         return class_rows(self.num_classes, n, classes, self.device)
@@ -220,11 +297,6 @@ class DenoisingModel(GenerativeModel, HasSamplers):
         if self.vae is not None:
             graphs.append(decoder_graph(self.vae))
         return graphs
-
-    def initial_noise(self, n: int, generator: torch.Generator | None) -> Tensor:
-        """x_T (or x_0 for flows), drawn on the CPU so a seed gives the same samples on
-        every device."""
-        return torch.randn(n, *self.latent_shape, generator=generator).to(self.device)
 
 
 def frozen_autoencoder(cfg: Any, data: DataSpec) -> Any:

@@ -16,9 +16,9 @@ from torch import Tensor
 from aigc_cli.config import check
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.models.denoising import QUARTERS, DenoiserConfig, DenoisingModel
+from aigc_cli.models.draws import Draws
 from aigc_cli.noise import Noise
 from aigc_cli.registry import MODELS
-from aigc_cli.results import SampleResult
 
 PREDICTIONS = ("eps", "v", "x0")
 
@@ -221,29 +221,26 @@ class Diffusion(DenoisingModel):
         return notes
 
     # ---- sampling --------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None,
-               sampler: str | None = None, steps: int | None = None,
-               guidance: float | None = None, eta: float | None = None,
-               classes: list[int] | None = None, **kw: Any) -> SampleResult:  # fmt: skip
-        n, y, nrow = self.sample_labels(n, classes)
-        sampler, steps, guidance = self.sampling_options(sampler, steps, guidance, y is not None)
+    def sampler_settings(self, options: dict[str, Any]) -> tuple[str, int, float, float]:
+        sampler, steps, guidance, eta = super().sampler_settings(options)
         if sampler == "ddpm":
             steps = self.sched.T
         check(steps <= self.sched.T, "steps", f"{steps} is more than T={self.sched.T}")
-        x = self.initial_noise(n, generator)
-        eta = self.cfg.eta if eta is None else float(eta)
+        return sampler, steps, guidance, eta
+
+    def sampling_plan(self, sampler: str, steps: int) -> list[Any]:
+        """(t, prev) pairs from T-1 down to the data (prev = -1)."""
         times = ddim_times(self.sched.T, steps)
-        for i, t in enumerate(times):
-            prev = times[i + 1] if i + 1 < len(times) else -1
-            x = self.denoise_step(x, t, prev, y, guidance, eta, sampler, generator)
-        nfe = steps * self.evals_per_call(y, guidance)
-        about = self.describe_sampler(sampler, steps)
-        return self.as_result(self.from_model(x.float()), nrow, about, nfe)
+        return list(zip(times, [*times[1:], -1], strict=True))
+
+    def sampling_step(self, x: Tensor, y: Tensor | None, item: Any,
+                      settings: tuple[str, int, float, float], draws: Draws) -> Tensor:  # fmt: skip
+        sampler, _, guidance, eta = settings
+        return self.denoise_step(x, item[0], item[1], y, guidance, eta, sampler, draws)
 
     def denoise_step(
         self, x: Tensor, t: int, prev: int, y: Tensor | None, guidance: float, eta: float,
-        sampler: str, generator: torch.Generator | None,
+        sampler: str, draws: Draws,
     ) -> Tensor:  # fmt: skip
         """x_t → x_prev (prev = -1: the data). DDPM's ancestral step uses the posterior
         q(x_{t-1} | x_t, x0_hat) with its variance; DDIM moves along the implied eps."""
@@ -257,7 +254,7 @@ class Diffusion(DenoisingModel):
             if prev >= 0:  # the eps consistent with the clipped x0
                 a = s.abar[t].item()
                 eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
-        z = torch.randn(x.shape, generator=generator).to(x.device) if prev >= 0 else 0.0
+        z = draws.randn(x.shape, x.device) if prev >= 0 else 0.0
         if sampler == "ddpm":
             mean = s.coef_x0[t].item() * x0 + s.coef_xt[t].item() * x
             return mean + math.sqrt(s.post_var[t].item()) * z if prev >= 0 else mean

@@ -14,9 +14,9 @@ from torch import Tensor
 
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.models.denoising import QUARTERS, DenoiserConfig, DenoisingModel
+from aigc_cli.models.draws import Draws
 from aigc_cli.noise import Noise
 from aigc_cli.registry import MODELS
-from aigc_cli.results import SampleResult
 
 TIME_SCALE = 1000.0  # t in [0, 1] is embedded as t * 1000, the range diffusion's embedding sees
 
@@ -72,20 +72,17 @@ class Flow(DenoisingModel):
             notes[f"loss_q{q + 1}"] = f"velocity MSE at times in quarter {q + 1} of [0, 1]"
         return notes
 
-    @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None,
-               sampler: str | None = None, steps: int | None = None,
-               guidance: float | None = None, classes: list[int] | None = None,
-               **kw: Any) -> SampleResult:  # fmt: skip
-        n, y, nrow = self.sample_labels(n, classes)
-        sampler, steps, guidance = self.sampling_options(sampler, steps, guidance, y is not None)
-        x = self.initial_noise(n, generator)
-        ts = torch.linspace(0, 1, steps + 1).tolist()
-        for t0, t1 in itertools.pairwise(ts):
-            x = integrate_step(self.velocity, x, t0, t1, y, guidance, sampler)
-        per_step = 2 if sampler == "heun" else 1
-        nfe = steps * per_step * self.evals_per_call(y, guidance)
-        return self.as_result(self.from_model(x), nrow, self.describe_sampler(sampler, steps), nfe)
+    def sampling_plan(self, sampler: str, steps: int) -> list[Any]:
+        """(t0, t1) pairs from noise (0) to data (1)."""
+        return list(itertools.pairwise(torch.linspace(0, 1, steps + 1).tolist()))
+
+    def sampling_step(self, x: Tensor, y: Tensor | None, item: Any,
+                      settings: tuple[str, int, float, float], draws: Draws) -> Tensor:  # fmt: skip
+        sampler, _, guidance, _ = settings
+        return integrate_step(self.velocity, x, item[0], item[1], y, guidance, sampler)
+
+    def sampling_nfe(self, sampler: str, steps: int) -> int:
+        return steps * (2 if sampler == "heun" else 1)
 
     def describe_sampler(self, sampler: str | None = None, steps: int | None = None) -> str:
         return f"{sampler or self.cfg.sampler}, {int(steps or self.cfg.steps)} steps"
