@@ -16,10 +16,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev,sweep,export,music]"
+	$(PY) -m pip install -e ".[dev,sweep,export,music,serve]"
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install aigc (editable) with the dev tools, sweep plugins, ONNX export and music
+install: $(STAMP) ## create .venv and install aigc (editable) with the dev tools, sweep plugins, ONNX export, music and the server
 
 train: $(STAMP) ## train the default model (VAE on built-in shapes); ARGS="model=gan ..." to change
 	$(AIGC) train $(ARGS)

@@ -86,9 +86,10 @@ def group_files() -> list[tuple[str, str | None, type]]:
     from aigc_cli.commands.eval import EvalConfig
     from aigc_cli.commands.export import ExportConfig
     from aigc_cli.commands.sample import SampleConfig
+    from aigc_cli.commands.serve import ServeConfig
 
     files += [("sample.yaml", None, SampleConfig), ("eval.yaml", None, EvalConfig),
-              ("export.yaml", None, ExportConfig)]  # fmt: skip
+              ("export.yaml", None, ExportConfig), ("serve.yaml", None, ServeConfig)]  # fmt: skip
     return sorted(files, key=lambda f: f[0])
 
 

@@ -45,6 +45,7 @@ COMMANDS = {
     "sample": "write samples of a run: aigc sample [run=<run dir>] n=64 seed=1",
     "eval": "evaluate a run: aigc eval [run=<run dir>] [metrics=[nll,fid,kid,pr,coverage]]",
     "export": "export a run: aigc export [run=<run dir>] [out=<dir>] [format=onnx] [dtype=bf16]",
+    "serve": "serve models over HTTP: aigc serve models=[<export>,...] [port=8000] [api_key=]",
     "list": "list the registered models and datasets",
 }
 USAGE = (
@@ -93,6 +94,15 @@ def export_app(cfg: DictConfig) -> None:
         run_export(cfg)
 
 
+@hydra.main(config_path=CONFIGS, config_name="serve", version_base="1.3")
+def serve_app(cfg: DictConfig) -> None:
+    # Deferred: this command's modules (and torch) load only when it runs.
+    from aigc_cli.commands.serve import serve
+
+    with user_errors():
+        serve(cfg)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """An AigcError leaves a single run as a UserExit, a BaseException that passes Hydra's job
@@ -107,7 +117,8 @@ def user_errors() -> Iterator[None]:
         raise UserExit(e) from e
 
 
-APPS = {"train": train_app, "sample": sample_app, "eval": eval_app, "export": export_app}
+APPS = {"train": train_app, "sample": sample_app, "eval": eval_app, "export": export_app,
+        "serve": serve_app}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

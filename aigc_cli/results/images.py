@@ -48,7 +48,12 @@ def to_grid(images: Tensor, nrow: int = 8) -> Tensor:
 def save_grid(images: Tensor, path: Path, nrow: int = 8) -> Tensor:
     """Save (N, C, H, W) images in [0, 1] as one PNG grid; returns the grid (C, H', W')."""
     grid = to_grid(images, nrow)
-    buf = io.BytesIO()
-    save_image(grid, buf, format="png")
-    write_bytes(Path(path), buf.getvalue())
+    write_bytes(Path(path), png_bytes(grid))
     return grid
+
+
+def png_bytes(image: Tensor) -> bytes:
+    """One (C, H, W) image in [0, 1] as a PNG file's bytes."""
+    buf = io.BytesIO()
+    save_image(image.detach().float().cpu().clamp(0, 1), buf, format="png")
+    return buf.getvalue()

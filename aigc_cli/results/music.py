@@ -52,6 +52,10 @@ class Music(SampleResult):
         """The piano rolls as one image grid, high pitches at the top (C, H, W) in [0, 1]."""
         return to_grid(roll_images(self.rolls), nrow=1)
 
+    def picture_of(self, i: int) -> Tensor:
+        """Sample i's piano roll as an image, as in `picture`."""
+        return to_grid(roll_images(self.rolls[i : i + 1]), nrow=1)
+
     def write(self, stem: Path) -> Path:
         folder = Path(f"{stem}{self.suffix}")
         for i in range(len(self)):
