@@ -5,6 +5,7 @@ go away, limits and keys. Servers bind 127.0.0.1 only and stop at the end of eac
 import base64
 import concurrent.futures as cf
 import io
+import os
 import time
 
 import httpx
@@ -205,3 +206,51 @@ def test_keys_cors_and_readiness():
     with background(loading) as url, httpx.Client(base_url=url, timeout=30) as http:
         assert http.get("/ready").status_code == 503
         assert http.post("/v1/completions", json={"model": "gpt"}).status_code == 503
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.slow
+def test_load_200_requests_at_concurrency_16_a_tenth_invalid_then_1000_for_memory():
+    if not os.path.exists("/proc/self/statm"):
+        pytest.skip("memory is read from /proc (Linux)")
+    invalid = [
+        {"model": "gpt", "max_tokens": -1},
+        {"model": "gpt", "top_p": 2},
+        {"model": "diffusion", "steps": 0},
+        {"model": "diffusion", "classes": [9]},
+    ]
+    valid = [("/v1/completions", {"model": "gpt", "prompt": "ab", "max_tokens": 8}),
+             ("/v1/completions", {"model": "gpt", "max_tokens": 4, "stream": True}),
+             ("/v1/images/generations", {"model": "diffusion", "n": 2, "steps": 2})]  # fmt: skip
+
+    def one(i: int, http: httpx.Client) -> tuple[int, str | None, dict]:
+        if i % 10 == 0:
+            body = invalid[(i // 10) % len(invalid)]
+            route = "/v1/completions" if body["model"] == "gpt" else "/v1/images/generations"
+            r = http.post(route, json=body)
+            return r.status_code, r.json()["error"]["param"], body
+        route, body = valid[i % len(valid)]
+        r = http.post(route, json=body)
+        return r.status_code, None, body
+
+    limits = httpx.Limits(max_connections=16)
+    with (
+        background(state()) as url,
+        httpx.Client(base_url=url, timeout=60, limits=limits) as http,
+        cf.ThreadPoolExecutor(16) as pool,
+    ):
+        first = list(pool.map(lambda i: one(i, http), range(200)))
+        before = rss_mb()
+        list(pool.map(lambda i: one(i, http), range(1000)))
+        grown = rss_mb() - before
+    statuses = [s for s, _, _ in first]
+    assert all(s < 500 for s in statuses)
+    for status, param, body in first:
+        if param is not None or status >= 400:
+            assert status == 400 and param in {k for k in body if k != "model"}
+    assert statuses.count(400) == 20 and statuses.count(200) == 180
+    assert grown < 50, f"memory grew by {grown:.1f} MB over 1000 requests"
