@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sample test test-all test-fast bench lint format tensorboard clean
+.PHONY: help install chromium train sample serve test test-all test-fast bench lint format tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,11 +21,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install aigc (editable) with the dev tools, sweep plugins, ONNX export, music and the server
 
+chromium: ## Debian's Chromium for the web page's browser test (needs root; the test skips without it)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { apt-get install -y --no-install-recommends chromium || \
+	    { apt-get update && apt-get install -y --no-install-recommends chromium; }; }
+
 train: $(STAMP) ## train the default model (VAE on built-in shapes); ARGS="model=gan ..." to change
 	$(AIGC) train $(ARGS)
 
 sample: $(STAMP) ## sample the newest run; ARGS="run=<dir> n=16"
 	$(AIGC) sample $(ARGS)
+
+serve: $(STAMP) ## serve the newest run over HTTP (page at http://127.0.0.1:8000/); ARGS="models=[<export>]"
+	$(AIGC) serve $(ARGS)
 
 test: $(STAMP) ## the tests CI must pass: all but the `full` ones (about 7 min on 2 cores)
 	$(PY) -m pytest -q -m "not full" $(ARGS)
