@@ -37,7 +37,7 @@ def _reference(model: Transformer, prompt: str, seed: int, n: int, options: dict
                 start = len(tokens) - 3 * block // 4
             with torch.no_grad():
                 logits = model.gpt(torch.tensor([tokens[start:]]))[0, -1]
-            scaled = logits.float().unsqueeze(0) / options["temperature"]
+            scaled = logits.float().unsqueeze(0) / torch.tensor(options["temperature"])
             probs = filter_logits(scaled, options["top_k"], options["top_p"]).softmax(-1)
             tokens.append(int(torch.multinomial(probs, 1, generator=g)))
         out.append(tok.decode(tokens[len(tok.encode(prompt)) :]))
@@ -93,3 +93,38 @@ def test_text_stream_waits_for_whole_utf8_characters():
         stream.push(b)
     stream.flush()
     assert out == ["a", "€", "b", "😀"]
+
+
+def test_requests_that_join_mid_way_get_the_tokens_they_get_alone():
+    """Continuous batching: requests handed over by `more` between tokens (of other prompt
+    lengths, across window restarts) decode as they would alone, and each result goes out
+    when its own rows end, before the batch does."""
+    model = _model()
+    options = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    later = {4: ("hgfedcbahgfedcb", 11, 2, 10), 9: ("ab", 12, 1, 6), 10: ("c", 13, 1, 0)}
+    results: dict[str, object] = {}
+    order: list[str] = []
+    calls = [0]
+
+    def keep(prompt: str, result) -> None:
+        results[prompt] = result
+        order.append(prompt)
+
+    def more(active: int) -> list[Request]:
+        calls[0] += 1
+        if calls[0] not in later:
+            return []
+        prompt, seed, n, limit = later[calls[0]]
+        return [Request(n, torch.Generator().manual_seed(seed),
+                        {"prompt": prompt, "max_new_tokens": limit, **options},
+                        on_result=lambda result, p=prompt: keep(p, result))]  # fmt: skip
+
+    first = Request(1, torch.Generator().manual_seed(0),
+                    {"prompt": "a", "max_new_tokens": 30, **options},
+                    on_result=lambda result: keep("a", result))  # fmt: skip
+    model.sample_batch([first], more)
+    assert order == ["c", "hgfedcbahgfedcb", "ab", "a"]  # each as its own rows end
+    later[0] = ("a", 0, 1, 30)
+    for prompt, seed, n, limit in later.values():
+        expected = _reference(model, prompt, seed, n, {"max_new_tokens": limit, **options})
+        assert results[prompt].continuations == expected, prompt

@@ -148,6 +148,17 @@ class Request:
     on_text: Callable[[int, str], None] | None = None
     #: step k of N of a sampler, after each step
     on_step: Callable[[int, int], None] | None = None
+    #: the request's result (None once cancelled), as soon as it is ready
+    on_result: Callable[[SampleResult | None], None] | None = None
+
+    def deliver(self, result: SampleResult | None) -> SampleResult | None:
+        if self.on_result is not None:
+            self.on_result(result)
+        return result
+
+
+#: the server's queue: given the rows decoding now, requests that may join them
+More = Callable[[int], list[Request]]
 
 
 class GenerativeModel(TrainedModel):
@@ -160,13 +171,18 @@ class GenerativeModel(TrainedModel):
         each request runs alone (the default: one call of `sample`)."""
         return None
 
-    def sample_batch(self, requests: list[Request]) -> list[SampleResult | None]:
-        """One result per request (None for a cancelled one). Families that batch override
-        this; here each request is one `sample` call."""
+    def sample_batch(
+        self, requests: list[Request], more: More | None = None
+    ) -> list[SampleResult | None]:
+        """One result per request (None for a cancelled one), each also handed to its
+        `on_result` as soon as it is ready. Families that batch override this; here each
+        request is one `sample` call. A family that can add rows mid-way (token decoding)
+        takes further requests from `more` and hands their results only to `on_result`."""
         out: list[SampleResult | None] = []
         for r in requests:
-            out.append(None if r.cancelled() else self.sample(r.n, generator=r.generator,
-                                                              **r.options))  # fmt: skip
+            result = None if r.cancelled() else self.sample(r.n, generator=r.generator,
+                                                            **r.options)  # fmt: skip
+            out.append(r.deliver(result))
         return out
 
     @torch.no_grad()

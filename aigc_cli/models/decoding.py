@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 #: a (B, T) logits filter: temperature-scaled logits → logits with the dropped tokens at -inf
@@ -32,6 +34,7 @@ class Row:
     top_p: float = 1.0
     on_token: Callable[[int], None] | None = None  # sees each new token as it is drawn
     stopped: Callable[[], bool] | None = None  # True: stop this row now (a client went away)
+    on_finish: Callable[[], None] | None = None  # runs once, when the row has ended
     start: int = 0  # index in `tokens` of the context window's first token
     added: int = 0
 
@@ -48,38 +51,89 @@ def row_generators(
     return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
 
 
-def decode(gpt: nn.Module, rows: list[Row], filter_logits: Filter) -> None:
+def decode(gpt: nn.Module, rows: list[Row], filter_logits: Filter,
+           joining: Callable[[int], list[Row]] | None = None) -> None:  # fmt: skip
     """Extend every row until its limit or its stop, one forward pass per token for the
-    whole batch."""
+    whole batch; each row's `on_finish` runs as it ends. After each step, `joining(active)`
+    may hand over more rows (continuous batching): they are prefilled on their own and join
+    the batch's cache, so no row already decoding is computed again."""
     block = int(gpt.block_size)  # type: ignore[arg-type]
-    for r in rows:
-        r.start = max(0, len(r.tokens) - block)
-    active = [r for r in rows if not r.done()]
+    active = _begin(rows, block)
+    batch = _prefill(gpt, active) if active else None
     while active:
-        cache, valid, logits = _prefill(gpt, active)
-        while active:
-            nxt = [_draw(logits[i], r, filter_logits) for i, r in enumerate(active)]
-            keep = [i for i, r in enumerate(active) if not r.done()]
-            if len(keep) < len(active):
-                active = [active[i] for i in keep]
-                index = torch.tensor(keep, device=valid.device, dtype=torch.long)
-                cache = [{k: v[index] for k, v in layer.items()} for layer in cache]
-                valid, nxt = valid[index], [nxt[i] for i in keep]
-                first = int(valid.any(0).float().argmax())  # drop columns only padding holds
-                cache = [{k: v[:, :, first:] for k, v in layer.items()} for layer in cache]
-                valid = valid[:, first:]
-            full = [r for r in active if len(r.tokens) - r.start > block]
-            if not active or full:
-                for r in full:
-                    r.start = len(r.tokens) - 3 * block // 4
-                break  # re-encode: a row's window holds a whole block
+        assert batch is not None
+        cache, valid, logits = batch
+        probs = _probs(logits, active, filter_logits)
+        nxt = [_draw(probs[i], r) for i, r in enumerate(active)]
+        keep = [i for i, r in enumerate(active) if not r.done()]
+        if len(keep) < len(active):
+            for i in sorted(set(range(len(active))) - set(keep)):
+                _finish(active[i])
+            active, nxt = [active[i] for i in keep], [nxt[i] for i in keep]
+            cache, valid = _keep(cache, valid, keep)
+        full = [r for r in active if len(r.tokens) - r.start > block]
+        for r in full:  # positions are absolute: restart the window from its last 3/4 block
+            r.start = len(r.tokens) - 3 * block // 4
+        if full:
+            batch = _prefill(gpt, active)
+        elif active:
             valid = torch.cat([valid, valid.new_ones(len(active), 1)], dim=1)
             pos = (valid.sum(1, keepdim=True) - 1).clamp(max=block - 1)  # (B, 1)
             ids = torch.tensor(nxt, device=valid.device).view(-1, 1)  # (B, 1)
-            logits = gpt(ids, cache, pos, valid[:, None, None, :])[:, -1]
+            batch = cache, valid, gpt(ids, cache, pos, valid[:, None, None, :])[:, -1]
+        new = _begin(joining(len(active)), block) if joining is not None else []
+        if new:
+            joined = _prefill(gpt, new)
+            batch = _merge(batch, joined) if active else joined
+            active += new
 
 
-def _prefill(gpt: nn.Module, rows: list[Row]) -> tuple[list[dict[str, Tensor]], Tensor, Tensor]:
+Batch = tuple[list[dict[str, Tensor]], Tensor, Tensor]  # cache, valid (B, W), logits (B, V)
+
+
+def _begin(rows: list[Row], block: int) -> list[Row]:
+    """The rows that still have tokens to draw, their windows set; the others end now."""
+    for r in rows:
+        r.start = max(0, len(r.tokens) - block)
+    for r in rows:
+        if r.done():
+            _finish(r)
+    return [r for r in rows if not r.done()]
+
+
+def _finish(row: Row) -> None:
+    if row.on_finish is not None:
+        row.on_finish()
+
+
+def _keep(cache: list[dict[str, Tensor]], valid: Tensor, keep: list[int]) -> tuple[Any, Tensor]:
+    """The rows `keep` of the cache, less the leading columns only padding holds."""
+    index = torch.tensor(keep, device=valid.device, dtype=torch.long)
+    valid = valid[index]
+    first = int(valid.any(0).float().argmax()) if len(keep) else 0
+    cache = [{k: v[index][:, :, first:] for k, v in layer.items()} for layer in cache]
+    return cache, valid[:, first:]
+
+
+def _merge(a: Batch, b: Batch) -> Batch:
+    """Two batches as one: the narrower left-padded to the wider, rows of `a` first."""
+    width = max(a[1].shape[1], b[1].shape[1])
+
+    def pad(batch: Batch) -> Batch:
+        cache, valid, logits = batch
+        extra = width - valid.shape[1]
+        if not extra:
+            return batch
+        cache = [{k: F.pad(v, (0, 0, extra, 0)) for k, v in layer.items()} for layer in cache]
+        gap = valid.new_zeros(valid.shape[0], extra)
+        return cache, torch.cat([gap, valid], dim=1), logits
+
+    (ca, va, la), (cb, vb, lb) = pad(a), pad(b)
+    cache = [{k: torch.cat([x[k], y[k]]) for k in x} for x, y in zip(ca, cb, strict=True)]
+    return cache, torch.cat([va, vb]), torch.cat([la, lb])
+
+
+def _prefill(gpt: nn.Module, rows: list[Row]) -> Batch:
     """Each row's window, left-padded to the longest: (cache, valid (B, W), last logits)."""
     device = next(gpt.parameters()).device
     width = max(len(r.tokens) - r.start for r in rows)
@@ -98,10 +152,21 @@ def _prefill(gpt: nn.Module, rows: list[Row]) -> tuple[list[dict[str, Tensor]], 
     return cache, valid, gpt(ids, cache, pos, mask)[:, -1]
 
 
-def _draw(logits: Tensor, row: Row, filter_logits: Filter) -> int:
+def _probs(logits: Tensor, rows: list[Row], filter_logits: Filter) -> Tensor:
+    """Each row's next-token distribution (B, vocab) under its own temperature and filter; one
+    call for the batch when the rows share their filter (the result is the same per row)."""
+    temperature = torch.tensor([r.temperature for r in rows], device=logits.device)
+    scaled = logits.float() / temperature.unsqueeze(1)
+    filters = {(r.top_k, r.top_p) for r in rows}
+    if len(filters) == 1:
+        top_k, top_p = filters.pop()
+        return filter_logits(scaled, top_k, top_p).softmax(-1)
+    return torch.cat([filter_logits(scaled[i : i + 1], r.top_k, r.top_p).softmax(-1)
+                      for i, r in enumerate(rows)])  # fmt: skip
+
+
+def _draw(probs: Tensor, row: Row) -> int:
     """One token for `row` from its own generator, appended to it."""
-    scaled = logits.float().unsqueeze(0) / row.temperature
-    probs = filter_logits(scaled, row.top_k, row.top_p).softmax(-1)  # (1, vocab)
     token = int(torch.multinomial(probs, 1, generator=row.generator))
     row.tokens.append(token)
     row.added += 1

@@ -18,6 +18,7 @@ from aigc_cli.errors import ConfigError
 from aigc_cli.models.base import (
     GenerativeModel,
     HasSamplers,
+    More,
     OnnxGraph,
     Request,
     Stage,
@@ -186,7 +187,9 @@ class DenoisingModel(GenerativeModel, HasSamplers):
         return self.sampler_settings(options)
 
     @torch.no_grad()
-    def sample_batch(self, requests: list[Request]) -> list[SampleResult | None]:
+    def sample_batch(
+        self, requests: list[Request], more: More | None = None
+    ) -> list[SampleResult | None]:
         """Every request's rows through one sampling loop: each request's noise from its own
         generator; after each step, `on_step` and the rows of cancelled requests dropped."""
         settings = self.sampler_settings(requests[0].options)
@@ -207,14 +210,14 @@ class DenoisingModel(GenerativeModel, HasSamplers):
                 x, y = x[rows], (y[rows] if y is not None else None)
                 draws, live = draws.keep([live.index(i) for i in still]), still
             if not live:
-                return [None] * len(requests)
+                return [r.deliver(None) for r in requests]
         samples = self.from_model(x.float())
         nfe = self.sampling_nfe(sampler, steps) * self.evals_per_call(y, guidance)
         about = self.describe_sampler(sampler, steps)
         out: list[SampleResult | None] = [None] * len(requests)
         for i, part in zip(live, samples.split(draws.rows), strict=True):
             out[i] = self.as_result(part, labels[i][2], about, nfe)
-        return out
+        return [r.deliver(result) for r, result in zip(requests, out, strict=True)]
 
     def sampler_settings(self, options: dict[str, Any]) -> tuple[str, int, float, float]:
         """(sampler, steps, guidance, eta) from a sample call's options, or the config's."""

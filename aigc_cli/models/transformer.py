@@ -23,7 +23,7 @@ from aigc_cli.data.music import PIECE, music_spec
 from aigc_cli.data.music import decode as decode_music
 from aigc_cli.data.text import TextStream, tokenizer_from_dict
 from aigc_cli.errors import DataError
-from aigc_cli.models.base import GenerativeModel, OnnxGraph, Request, Stage
+from aigc_cli.models.base import GenerativeModel, More, OnnxGraph, Request, Stage
 from aigc_cli.models.decoding import Row, decode, row_generators
 from aigc_cli.models.pixels import PixelCodec
 from aigc_cli.noise import LOCAL, Noise
@@ -371,17 +371,41 @@ class Transformer(GenerativeModel):
         return "tokens"
 
     @torch.no_grad()
-    def sample_batch(self, requests: list[Request]) -> list[SampleResult | None]:
-        """Every request's rows decoded as one batch (models/decoding.py)."""
+    def sample_batch(
+        self, requests: list[Request], more: More | None = None
+    ) -> list[SampleResult | None]:
+        """Every request's rows decoded as one batch (models/decoding.py); requests from
+        `more` join between tokens, and each request's result goes out when its rows end."""
+        results: dict[int, SampleResult | None] = {}
+        first = [self._admit(r, results) for r in requests]
+        joining = None
+        if more is not None:
+            joining = lambda active: [row for r in more(active)  # noqa: E731
+                                      for row in self._admit(r, results)]  # fmt: skip
+        decode(self.gpt, [row for rows in first for row in rows], filter_logits, joining)
+        return [results.get(id(r)) for r in requests]
+
+    def _admit(self, request: Request, results: dict[int, SampleResult | None]) -> list[Row]:
+        """The request's rows, set to make its result (into `results` and its `on_result`)
+        when the last of them ends."""
         streams: list[TextStream] = []
-        rows = [self._rows(r, streams) for r in requests]
-        decode(self.gpt, [row for group in rows for row in group], filter_logits)
-        for stream in streams:  # the end of each text, whole characters or not
-            stream.flush()
-        out: list[SampleResult | None] = []
-        for request, group in zip(requests, rows, strict=True):
-            out.append(None if request.cancelled() else self._result(request, group))
-        return out
+        rows = self._rows(request, streams)
+        left = [len(rows)]
+
+        def finished() -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                for stream in streams:  # the end of each text, whole characters or not
+                    stream.flush()
+                result = None if request.cancelled() else self._result(request, rows)
+                results[id(request)] = request.deliver(result)
+
+        for row in rows:
+            row.on_finish = finished
+        if not rows:
+            left[0] = 1
+            finished()
+        return rows
 
     def _rows(self, request: Request, streams: list[TextStream]) -> list[Row]:
         """The request's rows: its prompt (or the start token) and its options, checked; the

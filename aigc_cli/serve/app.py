@@ -231,8 +231,10 @@ ROUTE_OF = {"text": "/v1/completions", "image": "/v1/images/generations",
             "points": "/v1/images/generations", "music": "/v1/music/generations"}  # fmt: skip
 
 
-def new_job(served: Served, n: int, seed: int | None, options: dict[str, Any]) -> Job:
-    """A job for the worker, its generator seeded by the request (or at random)."""
+def new_job(served: Served, n: int, seed: int | None, options: dict[str, Any],
+            stream: bool) -> Job:  # fmt: skip
+    """A job for the worker, its generator seeded by the request (or at random); a streamed
+    one gets each piece of text or each step as it comes."""
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)))
     request = SampleRequest(n, torch.Generator().manual_seed(seed), options)
@@ -241,8 +243,9 @@ def new_job(served: Served, n: int, seed: int | None, options: dict[str, Any]) -
     except AigcError as e:
         raise from_aigc(e) from None
     job = Job(request, key, asyncio.get_running_loop())
-    request.on_text = lambda row, text: job.emit("text", (row, text))
-    request.on_step = lambda k, total: job.emit("step", (k, total))
+    if stream:
+        request.on_text = lambda row, text: job.emit("text", (row, text))
+        request.on_step = lambda k, total: job.emit("step", (k, total))
     served.worker.submit(job)
     return job
 
@@ -303,7 +306,7 @@ async def complete(state: State, request: Request) -> Response:
     if options["temperature"] == 0.0:  # OpenAI's greedy decoding
         options["temperature"], options["top_k"] = 1.0, 1
     check_prompt(served, prompt)
-    job = new_job(served, n, seed, options)
+    job = new_job(served, n, seed, options, stream)
     reply = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
              "created": int(time.time()), "model": served.id}  # fmt: skip
     if stream:
@@ -380,7 +383,7 @@ async def generate(state: State, request: Request, kind: str) -> Response:
         check_size(body.string("size"), served)
     options = sample_options(body, model, limits)
     body.finish()
-    job = new_job(served, n, seed, options)
+    job = new_job(served, n, seed, options, stream)
     items = image_items if kind == "image" else music_items
     if stream:
         return StreamingResponse(progress_events(state, job, served, kind, items))

@@ -11,12 +11,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 
 from aigc_cli.errors import AigcError
 from aigc_cli.models.base import GenerativeModel, Request
+from aigc_cli.results import SampleResult
 from aigc_cli.serve.params import ApiError, from_aigc
 from aigc_cli.serve.stats import Stats
 
@@ -115,21 +117,49 @@ class Worker:
             return batch
 
     def _sample(self, batch: list[Job]) -> None:
+        """One `sample_batch` call; each job's result goes out as soon as it is ready, and
+        jobs that fit may join while it runs (families that decode token by token)."""
         self.stats.batch(self.name, sum(j.request.n for j in batch))
+        running = list(batch)
+        for j in batch:
+            j.request.on_result = partial(_deliver, j)
+
+        def more(active: int) -> list[Request]:
+            joined = self._join(batch[0].key, active)
+            running.extend(joined)
+            return [j.request for j in joined]
+
         self.busy = True
         try:
-            results = self.model.sample_batch([j.request for j in batch])
+            self.model.sample_batch([j.request for j in batch], more)
         except AigcError as e:
-            for j in batch:
+            for j in running:
                 j.emit("error", from_aigc(e))
-            return
         except Exception as e:  # a bug, not the caller's: said as a 500, the worker goes on
-            for j in batch:
+            for j in running:
                 j.emit("error", ApiError(500, f"the model failed: {type(e).__name__}: {e}",
                                          kind="server_error"))  # fmt: skip
-            return
         finally:
             self.busy = False
-        for j, result in zip(batch, results, strict=True):
-            if result is not None:
-                j.emit("done", result)
+
+    def _join(self, key: Any, active: int) -> list[Job]:
+        """Queued jobs that fit beside `active` rows now, taken off the queue."""
+        if key is None or not self.queue:
+            return []
+        joined, room = [], self.settings.max_rows - active
+        with self.cond:
+            for j in list(self.queue):
+                if j.key == key and j.request.n <= room and not j.gone.is_set():
+                    self.queue.remove(j)
+                    joined.append(j)
+                    room -= j.request.n
+                    j.request.on_result = partial(_deliver, j)
+            self.stats.depth[self.name] = len(self.queue)
+        if joined:
+            self.stats.batch(self.name, sum(j.request.n for j in joined))
+        return joined
+
+
+def _deliver(job: Job, result: SampleResult | None) -> None:
+    if result is not None:
+        job.emit("done", result)
