@@ -44,8 +44,9 @@ test-all: $(STAMP) ## every test: also the whole combination-matrix product and 
 test-fast: $(STAMP) ## the tests not marked slow (about 4 min on 2 cores)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-bench: $(STAMP) ## aigc's loop vs a bare PyTorch loop → bench/results/; ARGS=--quick for a smoke run
+bench: $(STAMP) ## aigc's loop vs a bare PyTorch loop, and aigc serve batching on vs off → bench/results/; ARGS=--quick for a smoke run
 	$(PY) bench/bench.py $(ARGS)
+	$(PY) bench/serve_bench.py $(filter --quick,$(ARGS))
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .

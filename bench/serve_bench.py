@@ -33,6 +33,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from aigc_cli.api import train  # noqa: E402
 from aigc_cli.commands.export import run_export  # noqa: E402
@@ -41,6 +42,7 @@ from aigc_cli.serve.background import background  # noqa: E402
 from aigc_cli.serve.params import Limits  # noqa: E402
 from aigc_cli.serve.workers import Settings  # noqa: E402
 from aigc_cli.store.runs import load_run, resolve_checkpoint  # noqa: E402
+from bench import cpu_name  # noqa: E402
 
 ONE_STEP = ["trainer.max_steps=1", "trainer.eval_every=0", "trainer.sample_every=0",
             "trainer.progress=false", "trainer.device=cpu"]  # fmt: skip
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         exports = {"transformer": export(root, ["model=transformer"]),
                    "diffusion": export(root, ["model=diffusion"])}  # fmt: skip
         figures = measure(exports, 1 if args.quick else args.rounds, args.quick)
-    results = {"date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine(),
+    results = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(),
                "cpus": os.cpu_count(), "torch": torch.__version__, **figures}  # fmt: skip
     t, i = figures["text_tokens_per_s"], figures["images_per_s"]
     print(

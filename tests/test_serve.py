@@ -56,7 +56,8 @@ def pixels(b64: str) -> np.ndarray:
 
 def test_the_openai_client_streams_text_and_draws_images():
     openai = pytest.importorskip("openai")
-    with background(state()) as url:
+    served = state()
+    with background(served) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         assert {m.id for m in client.models.list()} == {"gpt", "diffusion"}
         whole = client.completions.create(model="gpt", prompt="Once", max_tokens=40, seed=3)
@@ -66,6 +67,11 @@ def test_the_openai_client_streams_text_and_draws_images():
         assert streamed == whole.choices[0].text and len(whole.choices[0].text) > 0
         assert whole.usage.completion_tokens == 40 and whole.usage.prompt_tokens == 4
         assert chunks[-1].choices[0].finish_reason == "length"
+        # what the Python API (and `aigc sample`) gives for the same seed
+        model = served.models["gpt"].model
+        direct = model.sample(1, generator=torch.Generator().manual_seed(3), prompt="Once",
+                              max_new_tokens=40)  # fmt: skip
+        assert direct.continuations[0] == whole.choices[0].text
         extra = {"classes": [2], "steps": 5, "seed": 1}  # aigc's own parameters
         images = client.images.generate(model="diffusion", prompt="", n=3, extra_body=extra)
         assert len(images.data) == 3

@@ -126,3 +126,14 @@ def test_a_public_bind_without_a_key_is_one_line(tmp_path):
     assert r.returncode != 0
     lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "api_key" in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_without_the_serve_extra_it_is_one_line_naming_it(tmp_path):
+    shim = tmp_path / "shim" / "uvicorn"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('No module named uvicorn', name='uvicorn')\n")
+    env = {"PYTHONPATH": f"{shim.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = run_cli("serve", cwd=tmp_path, env=env)
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert "aigc[serve]" in lines[0] and "uvicorn" in lines[0]
