@@ -131,7 +131,8 @@ def test_a_public_bind_without_a_key_is_one_line(tmp_path):
 def test_without_the_serve_extra_it_is_one_line_naming_it(tmp_path):
     shim = tmp_path / "shim" / "uvicorn"
     shim.mkdir(parents=True)
-    (shim / "__init__.py").write_text("raise ImportError('No module named uvicorn', name='uvicorn')\n")
+    missing = "raise ImportError('No module named uvicorn', name='uvicorn')\n"
+    (shim / "__init__.py").write_text(missing)
     env = {"PYTHONPATH": f"{shim.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     r = run_cli("serve", cwd=tmp_path, env=env)
     lines = [line for line in r.stderr.strip().splitlines() if line.strip()]

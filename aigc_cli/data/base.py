@@ -135,7 +135,7 @@ class TensorData(DataModule):
     # Keep the whole dataset on the accelerator when it is at most this big.
     DEVICE_LIMIT_BYTES = 2 * 1024**3
 
-    def __init__(self, spec: DataSpec, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]):
+    def __init__(self, spec: DataSpec, train: tuple[Tensor, ...], test: tuple[Tensor, ...]):
         self.spec = spec
         self.train, self.test = train, test
         self.device = torch.device("cpu")
@@ -149,11 +149,12 @@ class TensorData(DataModule):
         return self
 
     def take(self, split: str, idx: Tensor) -> Batch:
-        x, y = self.train if split == "train" else self.test
+        """Rows `idx` of every tensor of the split: (x, labels, and whatever else it holds)."""
+        x, *rest = self.train if split == "train" else self.test
         xb = x[idx]
         if xb.dtype == torch.uint8:
             xb = xb.float().div_(255.0)
-        return xb, y[idx]
+        return (xb, *(t[idx] for t in rest))
 
     def train_iter(self, batch_size: int, seed: int) -> BatchIterator:
         return _EpochIterator(self, batch_size, seed)

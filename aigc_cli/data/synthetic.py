@@ -45,7 +45,6 @@ def render_shapes(n: int, cfg: ShapesConfig, generator: torch.Generator) -> tupl
     coords = torch.arange(s, dtype=torch.float32) + 0.5  # pixel centres
     grey = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     images = torch.empty(n, cfg.channels, s, s, dtype=torch.uint8)
-    slope = 0.6  # triangle half-width per unit of depth below the apex
     # Small chunks: the temporaries stay in memory the allocator reuses (fresh pages are slow).
     for start in range(0, n, 512):
         sl = slice(start, min(start + 512, n))
@@ -55,19 +54,26 @@ def render_shapes(n: int, cfg: ShapesConfig, generator: torch.Generator) -> tupl
             dx = coords.view(1, 1, s) - cx[sl][idx].view(-1, 1, 1)  # (k, 1, S)
             dy = coords.view(1, s, 1) - cy[sl][idx].view(-1, 1, 1)  # (k, S, 1)
             r = half[sl][idx].view(-1, 1, 1)
-            if cls == 0:  # circle of radius r
-                d = torch.sqrt(dx**2 + dy**2) - r
-            elif cls == 1:  # axis-aligned square of half-side 0.85 r
-                d = torch.maximum(dx.abs(), dy.abs()) - 0.85 * r
-            else:  # apex at (0, -r), base at dy = 0.8 r
-                side = (dx.abs() - slope * (dy + r)) / math.sqrt(1 + slope**2)
-                d = torch.maximum(side, dy - 0.8 * r)
-            cover[idx] = (0.5 - d).clamp_(0, 1)
+            cover[idx] = shape_cover(cls, dx, dy, r)
         img = cover.unsqueeze(1) * colour[sl].view(-1, 3, 1, 1)  # (k, 3, S, S)
         if cfg.channels == 1:
             img = (img * grey).sum(1, keepdim=True)
         images[sl] = img.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
     return images, labels
+
+
+def shape_cover(cls: int, dx: Tensor, dy: Tensor, r: Tensor) -> Tensor:
+    """Each pixel's coverage by shape `cls` of size r, from its offsets (dx, dy) to the centre
+    (broadcast together): anti-aliased from the signed distance, clamp(0.5 - d, 0, 1)."""
+    if cls == 0:  # circle of radius r
+        d = torch.sqrt(dx**2 + dy**2) - r
+    elif cls == 1:  # axis-aligned square of half-side 0.85 r
+        d = torch.maximum(dx.abs(), dy.abs()) - 0.85 * r
+    else:  # apex at (0, -r), base at dy = 0.8 r; half-width 0.6 per unit of depth
+        slope = 0.6
+        side = (dx.abs() - slope * (dy + r)) / math.sqrt(1 + slope**2)
+        d = torch.maximum(side, dy - 0.8 * r)
+    return (0.5 - d).clamp(0, 1)
 
 
 @DATASETS.register("shapes", config=ShapesConfig)
