@@ -117,6 +117,21 @@ def _places(
     return [(along1, across1), (along2, across2)]
 
 
+def example_prompts(objects: int, held_out: list[str]) -> list[str]:
+    """The prompts of the training loop's sample grids (and of `aigc sample` without a
+    prompt): six seen scenes, then two with held-out pairs where there are some."""
+    seen = [Thing(0, 0, 0), Thing(1, 2, 1), Thing(0, 1, 2), Thing(1, 3, 1), Thing(0, 5, 2),
+            Thing(1, 4, 0)]  # fmt: skip
+    banned = held_out_pairs(held_out)
+    unseen = [Thing(i % 2, c, sh) for i, (c, sh) in enumerate(sorted(banned))][:2]
+    things = [t for t in seen if (t.colour, t.shape) not in banned] + unseen
+    if objects == 1:
+        return [describe(Scene(t), 0) for t in things]
+    partners = things[1:] + things[:1]
+    return [describe(Scene(a, b, i % 2), 0)
+            for i, (a, b) in enumerate(zip(things, partners, strict=True))]  # fmt: skip
+
+
 @DATASETS.register("captioned_shapes", config=CaptionedShapesConfig)
 def captioned_shapes(cfg: CaptionedShapesConfig) -> TensorData:
     """Captioned scenes of one or two shapes (built in): text-to-image on a CPU."""
@@ -141,8 +156,10 @@ def captioned_shapes(cfg: CaptionedShapesConfig) -> TensorData:
     t = cached("captioned_shapes", asdict(cfg), VERSION, make)
     splits = [(t[f"{k}_x"], t[f"{k}_attrs"][:, 2], t[f"{k}_tokens"], t[f"{k}_attrs"])
               for k in ("train", "test")]  # fmt: skip
+    captions = {**caption_spec(CAPTION_LENGTH), "objects": cfg.objects,
+                "held_out": list(cfg.held_out),
+                "examples": example_prompts(cfg.objects, list(cfg.held_out))}  # fmt: skip
     spec = DataSpec(kind="image", shape=[3, cfg.image_size, cfg.image_size],
                     num_classes=len(SHAPES), class_names=list(SHAPES),
-                    extra={"captions": {**caption_spec(CAPTION_LENGTH), "objects": cfg.objects,
-                                        "held_out": list(cfg.held_out)}})  # fmt: skip
+                    extra={"captions": captions})  # fmt: skip
     return TensorData(spec, splits[0], splits[1])

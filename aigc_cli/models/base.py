@@ -166,6 +166,11 @@ class GenerativeModel(TrainedModel):
 
     generates = True
 
+    @property
+    def takes_prompts(self) -> bool:
+        """Whether `sample` takes `prompt` / `prompts` (text models, text-to-image)."""
+        return False
+
     def batch_key(self, options: dict[str, Any]) -> Any:
         """Requests whose options give equal keys can share one `sample_batch` call; None =
         each request runs alone (the default: one call of `sample`)."""

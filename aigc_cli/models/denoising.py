@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from aigc_cli.config import check, validate
 from aigc_cli.data.base import Batch, BatchIterator, DataModule, DataSpec, TensorData
+from aigc_cli.data.captions import START, encode_captions, parse
 from aigc_cli.errors import ConfigError
 from aigc_cli.models.base import (
     GenerativeModel,
@@ -27,6 +28,7 @@ from aigc_cli.models.base import (
 )
 from aigc_cli.models.draws import Draws
 from aigc_cli.models.nets import PointDenoiser, UNet
+from aigc_cli.models.text_encoder import TextDenoiser, TextEncoder
 from aigc_cli.models.vae import VAE, decoder_graph
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.optim import make_optimizer
@@ -45,6 +47,10 @@ class DenoiserConfig:
     cond_drop: float = 0.1  # share of training labels replaced by "no label" (for guidance)
     steps: int = 50  # sampler steps (DDIM, Euler, Heun); DDPM always takes all T
     guidance: float = 1.0  # classifier-free guidance scale: 1 = conditional, 0 = unconditional
+    text: bool = False  # condition on the dataset's captions (a text encoder, trained along)
+    text_width: int = 128  # text encoder width (its token vectors and pooled vector)
+    text_layers: int = 2  # text encoder blocks
+    cross_attention: bool = True  # text: the UNet attends to the tokens; false = pooled alone
     # latent diffusion: a trained VAE (run dir or checkpoint), frozen; the denoiser works on its
     # latents (posterior means) and samples are decoded by its decoder
     autoencoder: str | None = None
@@ -67,20 +73,51 @@ class DenoisingModel(GenerativeModel, HasSamplers):
         check(cfg.sampler in self.samplers, "model.sampler",
               f"'{cfg.sampler}'; choose from: {', '.join(self.samplers)}")  # fmt: skip
         self.num_classes = conditional_classes(cfg.conditional, data)
+        self.captions = caption_spec_of(cfg, data)
+        context = cfg.text_width if self.captions else 0
         self.vae = None
         self.latent_shape = list(data.shape)
         if cfg.autoencoder or cfg.autoencoder_config:
             self.vae = frozen_autoencoder(cfg, data)
             self.latent_shape = [self.vae.cfg.latent_dim]
             self.net: torch.nn.Module = PointDenoiser(
-                self.latent_shape[0], cfg.hidden, self.num_classes
+                self.latent_shape[0], cfg.hidden, self.num_classes, context
             )
         elif data.kind == "points":
             self.net = PointDenoiser(data.shape[0], cfg.hidden, self.num_classes)
         else:
             c, h, w = data.shape
             check(h == w, "dataset.image_size", f"{h}x{w}: the UNet needs square images")
-            self.net = UNet(c, h, cfg.base_channels, cfg.dropout, self.num_classes, cfg.attention)
+            self.net = UNet(c, h, cfg.base_channels, cfg.dropout, self.num_classes, cfg.attention,
+                            context, cfg.cross_attention)  # fmt: skip
+        if self.captions:
+            encoder = TextEncoder(self.captions["vocab"], self.captions["length"],
+                                  cfg.text_width, cfg.text_layers)  # fmt: skip
+            self.net = TextDenoiser(encoder, self.net)  # type: ignore[arg-type]
+
+    @property
+    def takes_prompts(self) -> bool:
+        return self.captions is not None
+
+    @property
+    def conditioned(self) -> bool:
+        """Whether the network takes a condition (class labels or caption ids)."""
+        return bool(self.num_classes) or self.captions is not None
+
+    def condition_of(self, batch: Batch) -> Tensor | None:
+        """A batch's condition: caption ids for a text model, labels for a class model."""
+        if self.captions is not None:
+            return batch[2].long()
+        return batch[1].long() if self.num_classes else None
+
+    def null_condition(self, y: Tensor) -> Tensor:
+        """The "no condition" of classifier-free guidance: the empty caption, or the extra
+        label index."""
+        if self.captions is not None:
+            null = torch.zeros_like(y)
+            null[:, 0] = START
+            return null
+        return torch.full_like(y, self.num_classes)
 
     def optimizers(self, optim: Any) -> dict[str, Any]:
 
@@ -97,14 +134,14 @@ class DenoisingModel(GenerativeModel, HasSamplers):
         streams from disk is encoded batch by batch instead."""
         if self.vae is None or not isinstance(data, TensorData):
             return data.train_iter(batch_size, seed)
-        n, labels = data.train[0].shape[0], data.train[1]
+        n, labels = data.train[0].shape[0], data.train[1:]
         chunks = []
         for start in range(0, n, 512):
             idx = torch.arange(start, min(start + 512, n), device=data.device)
-            x, _ = data.take("train", idx)
+            x = data.take("train", idx)[0]
             chunks.append(self.to_model(x.to(self.device)).to(data.device))
         spec = DataSpec("points", list(self.latent_shape), data.spec.num_classes)
-        latents = TensorData(spec, (torch.cat(chunks), labels), data.test)
+        latents = TensorData(spec, (torch.cat(chunks), *labels), data.test)
         latents.device = data.device
         return latents.train_iter(batch_size, seed)
 
@@ -135,18 +172,19 @@ class DenoisingModel(GenerativeModel, HasSamplers):
 
     def train_labels(self, batch: Batch, noise: Noise = LOCAL) -> Tensor | None:
         """The batch's labels with a `cond_drop` share replaced by the "no label" index."""
-        if not self.num_classes:
+        y = self.condition_of(batch)
+        if y is None:
             return None
-        y = batch[1].long()
-        drop = noise.rand_like(y.float()) < self.cfg.cond_drop
-        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+        drop = noise.rand_like(y[:, 0].float() if y.dim() == 2 else y.float()) < self.cfg.cond_drop
+        drop = drop.view(-1, *([1] * (y.dim() - 1)))
+        return torch.where(drop, self.null_condition(y), y)
 
     def guided(self, x: Tensor, t: Tensor, y: Tensor | None, guidance: float) -> Tensor:
         """The network's prediction, with classifier-free guidance: u + w (c - u), where c is the
         conditional and u the unconditional prediction (w = 1: c alone, w = 0: u alone)."""
         if y is None or guidance == 1.0:
             return self.net(x, t, y)
-        null = torch.full_like(y, self.num_classes)
+        null = self.null_condition(y)
         if guidance == 0.0:
             return self.net(x, t, null)
         both = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
@@ -194,10 +232,11 @@ class DenoisingModel(GenerativeModel, HasSamplers):
         generator; after each step, `on_step` and the rows of cancelled requests dropped."""
         settings = self.sampler_settings(requests[0].options)
         sampler, steps, guidance, _ = settings
-        labels = [self.sample_labels(r.n, r.options.get("classes")) for r in requests]
+        labels = [self.sample_labels(r.n, r.options.get("classes"), prompts_of(r.options))
+                  for r in requests]  # fmt: skip
         draws = Draws([r.generator for r in requests], [count for count, _, _ in labels])
         x = draws.randn((sum(draws.rows), *self.latent_shape), self.device)
-        y = torch.cat([ys for _, ys, _ in labels]) if self.num_classes else None  # type: ignore[misc]
+        y = torch.cat([ys for _, ys, _ in labels]) if self.conditioned else None  # type: ignore[misc]
         plan, live = self.sampling_plan(sampler, steps), list(range(len(requests)))
         for k, item in enumerate(plan):
             x = self.sampling_step(x, y, item, settings, draws)
@@ -223,7 +262,7 @@ class DenoisingModel(GenerativeModel, HasSamplers):
         """(sampler, steps, guidance, eta) from a sample call's options, or the config's."""
         sampler, steps, guidance = self.sampling_options(
             options.get("sampler"), options.get("steps"), options.get("guidance"),
-            self.num_classes > 0,
+            self.conditioned,
         )  # fmt: skip
         eta = options.get("eta")
         return (
@@ -246,9 +285,33 @@ class DenoisingModel(GenerativeModel, HasSamplers):
         """Network calls per sample for the sampler, without guidance's doubling."""
         return steps
 
-    def sample_labels(self, n: int, classes: list[int] | None) -> tuple[int, Tensor | None, int]:
-        """Labels for `n` samples: one grid row per class (of `classes`, default all)."""
-        return class_rows(self.num_classes, n, classes, self.device)
+    def sample_labels(
+        self, n: int, classes: list[int] | None, prompts: list[str] | None = None
+    ) -> tuple[int, Tensor | None, int]:
+        """Conditions for about `n` samples: one grid row per class (of `classes`, default
+        all) or per prompt (a text model; default: the dataset's example captions)."""
+        if self.captions is None:
+            if prompts:
+                raise ConfigError(
+                    f"bad value for 'prompt': model '{self.cfg.name}' takes no text",
+                    hint="pass classes= to a class-conditional model, or train one with "
+                    "model.text=true on captioned data",
+                )
+            return class_rows(self.num_classes, n, classes, self.device)
+        if classes is not None:
+            raise ConfigError(f"bad value for 'classes': model '{self.cfg.name}' draws from "
+                              "captions", hint="pass prompt= or prompts=")  # fmt: skip
+        prompts = list(prompts or self.captions["examples"])
+        for p in prompts:
+            if not p.strip():
+                raise ConfigError(
+                    "bad value for 'prompt': it is empty",
+                    hint='describe the image: prompt="a small red circle"',
+                )
+            parse(p)  # a caption of the grammar, or one line saying what it takes
+        per = max(1, n // len(prompts))
+        ids = encode_captions(prompts, self.captions["length"]).repeat_interleave(per, dim=0)
+        return per * len(prompts), ids.to(self.device), per
 
     def sampling_options(self, sampler: str | None, steps: int | None, guidance: float | None,
                          conditional: bool) -> tuple[str, int, float]:  # fmt: skip
@@ -285,21 +348,55 @@ class DenoisingModel(GenerativeModel, HasSamplers):
         """The network (x_t, t, y → its prediction); the sampler's loop stays outside, so any
         step count or sampler runs on it. Latent diffusion adds the VAE's decoder graph."""
 
-        shape, k = list(self.latent_shape), self.num_classes
+        shape, k, text = list(self.latent_shape), self.num_classes, self.captions
 
         def example(n: int) -> dict[str, Tensor]:
             x = {"x_t": torch.randn(n, *shape), "t": self.example_times(n)}
+            if text:
+                ids = torch.randint(2, text["vocab"], (n, text["length"]))
+                ids[:, 0], ids[:, text["length"] // 2 :] = START, 0
+                return {**x, "y": ids}
             return {**x, "y": torch.randint(0, k + 1, (n,))} if k else x
 
-        names = ["x_t", "t", "prediction", *(["y"] if k else [])]
+        names = ["x_t", "t", "prediction", *(["y"] if k or text else [])]
         about = f"x_t (batch, {', '.join(map(str, shape))}), {self.time_about}"
         if k:
             about += f", y (batch,) class in [0, {k}), {k} = no label (unconditional)"
+        if text:
+            about += (f", y (batch, {text['length']}) caption ids: {START}, then each character's "
+                      "index in the tokenizer's alphabet + 2, then 0 (padding)")  # fmt: skip
         graphs = [OnnxGraph("denoiser", _Denoise(self), example, ["prediction"],
                             {n: {0: "batch"} for n in names}, about)]  # fmt: skip
         if self.vae is not None:
             graphs.append(decoder_graph(self.vae))
         return graphs
+
+
+def prompts_of(options: dict[str, Any]) -> list[str] | None:
+    """A sample call's prompts: `prompts` (one grid row each) or one `prompt`."""
+    if options.get("prompts"):
+        return [str(p) for p in options["prompts"]]
+    prompt = options.get("prompt")
+    return None if prompt is None else [str(prompt)]
+
+
+def caption_spec_of(cfg: Any, data: DataSpec) -> dict[str, Any] | None:
+    """The captions a `model.text` model reads (from the data spec), or None."""
+    if not cfg.text:
+        return None
+    captions = data.extra.get("captions")
+    if not captions or data.kind != "image":
+        raise ConfigError("model.text needs captioned images",
+                          hint="use dataset=captioned_shapes, or model.text=false")  # fmt: skip
+    if cfg.conditional:
+        raise ConfigError(
+            "model.text and model.conditional both pick a condition",
+            hint="captions carry the classes: use model.conditional=false",
+        )
+    check(cfg.text_width >= 8 and cfg.text_width % 4 == 0, "model.text_width",
+          f"{cfg.text_width} must be a multiple of 4, at least 8")  # fmt: skip
+    check(cfg.text_layers >= 1, "model.text_layers", f"{cfg.text_layers} must be >= 1")
+    return dict(captions)
 
 
 def frozen_autoencoder(cfg: Any, data: DataSpec) -> Any:

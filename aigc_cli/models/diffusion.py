@@ -143,7 +143,7 @@ class Diffusion(DenoisingModel):
     @torch.no_grad()
     def evaluate(self, batch: Batch, **options: Any) -> dict[str, Tensor]:
         x0 = self.to_model(batch[0])
-        y = batch[1].long() if self.num_classes else None
+        y = self.condition_of(batch)
         b, T = x0.shape[0], self.sched.T
 
         def quarter(q: int, n: int) -> Tensor:  # timesteps in [qT/4, (q+1)T/4)

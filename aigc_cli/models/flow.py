@@ -59,7 +59,7 @@ class Flow(DenoisingModel):
     def evaluate(self, batch: Batch, **options: Any) -> dict[str, Tensor]:
         """The velocity loss on held-out data, one time per quarter of [0, 1] per sample."""
         x1 = self.to_model(batch[0])
-        y = batch[1].long() if self.num_classes else None
+        y = self.condition_of(batch)
 
         def quarter(q: int, n: int) -> Tensor:  # times uniform in [q/4, (q+1)/4)
             return (q + torch.rand(n, device=x1.device)) / QUARTERS

@@ -184,6 +184,33 @@ class SelfAttention2d(nn.Module):
         return x + self.out(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
+class CrossAttention2d(nn.Module):
+    """The pixels of a feature map attend to a text's tokens (their context vectors), with a
+    residual; the output projection starts at zero, so the block starts as the identity."""
+
+    def __init__(self, ch: int, context_dim: int, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads if ch % heads == 0 else 1
+        self.norm, self.q = nn.GroupNorm(_groups(ch), ch), nn.Linear(ch, ch)
+        self.kv, self.out = nn.Linear(context_dim, 2 * ch), nn.Linear(ch, ch)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor) -> Tensor:
+        """x (B, C, H, W); context (B, L, D); mask (B, L), True for a token (not padding)."""
+        b, c, h, w = x.shape
+        split = lambda z: z.reshape(b, -1, self.heads, c // self.heads).transpose(1, 2)  # noqa: E731
+        q = split(self.q(self.norm(x).flatten(2).transpose(1, 2)))  # (B, heads, HW, C/heads)
+        k, v = (split(z) for z in self.kv(context).chunk(2, dim=-1))  # (B, heads, L, C/heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        out = self.out(out.transpose(1, 2).reshape(b, h * w, c))  # (B, HW, C)
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
+#: a text's conditioning: token vectors (B, L, D), their mask (B, L), a pooled vector (B, D)
+Context = tuple[Tensor, Tensor, Tensor]
+
+
 def unet_levels(size: int) -> int:
     """Stride-2 downsamplings that keep every feature map even-sized and at least 7 pixels:
     28 → 14 → 7 (2), 32 → 16 → 8 (2), 64 → 32 → 16 → 8 (3)."""
@@ -199,7 +226,8 @@ class UNet(nn.Module):
     per level, self-attention at the lowest resolution."""
 
     def __init__(self, ch: int, size: int, base: int, dropout: float, num_classes: int,
-                 attention: bool = True) -> None:  # fmt: skip
+                 attention: bool = True, context_dim: int = 0,
+                 cross_attention: bool = True) -> None:  # fmt: skip
         super().__init__()
         check(8 <= size <= 256, "dataset.image_size", f"{size}: the UNet takes 8..256 pixels")
         levels = unet_levels(size)
@@ -226,41 +254,64 @@ class UNet(nn.Module):
                                           ResBlock(chs[i] * 2, chs[i], emb, dropout)]))  # fmt: skip
             if i > 0:
                 self.upsample.append(nn.ConvTranspose2d(chs[i], chs[i], 4, stride=2, padding=1))
+        # Text: a pooled vector joins the time embedding; with cross_attention, every level
+        # below full resolution (and the middle) also attends to the tokens.
+        self.pooled = nn.Linear(context_dim, emb) if context_dim else None
+        self.cross = nn.ModuleDict()
+        if context_dim and cross_attention:
+            for i in range(1, levels + 1):
+                self.cross[f"down{i}"] = CrossAttention2d(chs[i], context_dim)
+                self.cross[f"up{i}"] = CrossAttention2d(chs[i], context_dim)
+            self.cross["mid"] = CrossAttention2d(mid, context_dim)
         self.head = nn.Sequential(nn.GroupNorm(_groups(base), base), nn.SiLU(),
                                   nn.Conv2d(base, ch, 3, padding=1))  # fmt: skip
         nn.init.zeros_(self.head[-1].weight)  # start as the zero prediction (ADM's init)
         nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None,
+                context: Context | None = None) -> Tensor:  # fmt: skip
         emb = self.embed(t, y)
+        if context is not None and self.pooled is not None:
+            emb = emb + self.pooled(context[2])
         h = self.stem(x)
         skips = []
         for i, (b1, b2) in enumerate(self.down):
             h1 = b1(h, emb)
-            h2 = b2(h1, emb)
+            h2 = self._cross(f"down{i}", b2(h1, emb), context)
             skips.append((h1, h2))
             h = self.downsample[i](h2) if i < len(self.downsample) else h2
-        h = self.mid2(self.attn(self.mid1(h, emb)), emb)
+        h = self.mid2(self._cross("mid", self.attn(self.mid1(h, emb)), context), emb)
+        levels = len(self.up) - 1
         for i, (b1, b2) in enumerate(self.up):
             s1, s2 = skips.pop()
             h = b1(torch.cat([h, s2], 1), emb)
-            h = b2(torch.cat([h, s1], 1), emb)
+            h = self._cross(f"up{levels - i}", b2(torch.cat([h, s1], 1), emb), context)
             if i < len(self.upsample):
                 h = self.upsample[i](h)
         return self.head(h)
+
+    def _cross(self, name: str, h: Tensor, context: Context | None) -> Tensor:
+        if context is None or name not in self.cross:
+            return h
+        return self.cross[name](h, context[0], context[1])
 
 
 class PointDenoiser(nn.Module):
     """(B, D) noisy points, (B,) times, labels → (B, D): an MLP on the points and the
     conditioning vector."""
 
-    def __init__(self, dim: int, hidden: int, num_classes: int) -> None:
+    def __init__(self, dim: int, hidden: int, num_classes: int, context_dim: int = 0) -> None:
         super().__init__()
         self.embed = TimeEmbedding(hidden // 4, num_classes)
+        self.pooled = nn.Linear(context_dim, hidden) if context_dim else None
         self.net = mlp([dim + hidden, hidden, hidden, hidden, dim], nn.SiLU())
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.net(torch.cat([x, self.embed(t, y)], dim=1))
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None,
+                context: Context | None = None) -> Tensor:  # fmt: skip
+        emb = self.embed(t, y)
+        if context is not None and self.pooled is not None:  # a text's pooled vector
+            emb = emb + self.pooled(context[2])
+        return self.net(torch.cat([x, emb], dim=1))
 
 
 def _groups(ch: int) -> int:
