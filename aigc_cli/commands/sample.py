@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,9 @@ class SampleConfig(SamplerOptions):
     nrow: int = 0  # images per grid row; 0 = the model's choice (square, or one row per class)
     out: str | None = None  # output file; null = <run>/samples/<time>.png (or .txt)
     mode: str = "sample"  # sample | interpolate (latent interpolation grid)
-    prompt: str = ""  # text models: the text to continue
+    prompt: str = ""  # text models: the text to continue; text-to-image: what to draw
+    prompts: list[str] = field(default_factory=list)  # text-to-image: one grid row per prompt
+    prompts_file: str | None = None  # text-to-image: a file of prompts, one a line
     prompt_midi: str | None = None  # music token models: a MIDI file whose opening they continue
     prompt_piece: int | None = None  # music token models: continue the run's N-th test piece
     prompt_steps: int = 16  # prompt_midi / prompt_piece: grid steps of its opening to continue
@@ -90,7 +92,8 @@ def draw(cfg: SampleConfig, model: GenerativeModel, record: dict[str, Any]) -> S
         assert isinstance(model, Interpolates)
         return model.interpolate(n, generator=g)
     if not text:
-        return model.sample(n, generator=g, **sampler_options(cfg, model))
+        return model.sample(n, generator=g, **sampler_options(cfg, model),
+                            **image_prompts(cfg, model))  # fmt: skip
     if music:
         return model.sample(
             n, generator=g, prompt=music_prompt(cfg, model, record),
@@ -138,6 +141,26 @@ def music_prompt(cfg: SampleConfig, model: GenerativeModel, record: dict[str, An
             )
         piece = found
     return PIECE + encode(piece.roll[:, : cfg.prompt_steps], music["encoding"])
+
+
+def image_prompts(cfg: SampleConfig, model: GenerativeModel) -> dict[str, Any]:
+    """prompt=, prompts= or prompts_file= for a text-to-image model (one grid row each;
+    none: the dataset's example prompts); refused in one line for any other image model."""
+    prompts = [cfg.prompt] if cfg.prompt else list(cfg.prompts)
+    if cfg.prompts_file:
+        path = Path(cfg.prompts_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"bad value for 'prompts_file': {path} is not a file",
+                              hint="pass a text file with one prompt a line")  # fmt: skip
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        return {}
+    if not model.takes_prompts:
+        raise ConfigError(
+            f"bad value for 'prompt': model '{model.cfg.name}' takes no text",
+            hint="train a text-to-image model (model.text=true on dataset=captioned_shapes)",
+        )
+    return {"prompts": prompts}
 
 
 def recorded_test_piece(index: int | None, record: dict[str, Any]) -> Piece:

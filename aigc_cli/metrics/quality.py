@@ -16,6 +16,8 @@ from aigc_cli.data.base import DataModule
 from aigc_cli.errors import ConfigError
 from aigc_cli.metrics import stats
 from aigc_cli.metrics.inception import load_inception
+from aigc_cli.metrics.prompts import KEYS as PROMPT_KEYS
+from aigc_cli.metrics.prompts import PromptFollowing
 
 # metric group (what a user names) → the keys it adds to the results
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -23,16 +25,18 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "kid": ("kid", "kid_std"),
     "pr": ("precision", "recall"),
     "coverage": ("class_coverage", "class_confidence"),
+    "prompts": PROMPT_KEYS,  # text-to-image: prompt following, read by the attribute reader
 }
 
 
 @dataclass
 class MetricsConfig:
-    names: list[str] = field(default_factory=list)  # any of: fid, kid, pr, coverage
+    names: list[str] = field(default_factory=list)  # any of: fid, kid, pr, coverage, prompts
     every: int = 0  # training: steps between them; 0 = only at the end
     num_samples: int = 2500  # generated images, compared with as many real test images
     batch_size: int = 250  # images generated and embedded at a time
     classifier: str | None = None  # run dir / checkpoint of model=classifier; null = newest match
+    reader: str | None = None  # prompts: run dir of model=reader; null = newest match
     inception_weights: str | None = None  # FID Inception .pth: fid/kid/pr use its features
     pr_k: int = 3  # precision/recall: k of the k-NN radii (the paper uses 3)
     kid_subsets: int = 100  # KID: random subsets averaged over
@@ -83,7 +87,7 @@ class SampleQuality:
 
     def __init__(
         self, cfg: MetricsConfig, names: list[str], data: DataModule, device: torch.device,
-        classifier: tuple[Any, str] | None = None,
+        classifier: tuple[Any, str] | None = None, reader: tuple[Any, str] | None = None,
     ) -> None:  # fmt: skip
         """`classifier`: the classifier model and its description, when `needs_classifier`
         (the caller finds and loads it: store/runs.py's load_classifier)."""
@@ -120,6 +124,16 @@ class SampleQuality:
             )
             features = FeatureNet(net, f"{kind} from {cfg.inception_weights}")
         self.features = features
+        self.prompts, self.reader_about = None, ""
+        if "prompts" in names:
+            captions = spec.extra.get("captions")
+            if not captions or reader is None:
+                raise ConfigError(
+                    "prompts judges text-to-image samples on captioned data",
+                    hint="use it with model.text=true on dataset=captioned_shapes",
+                )
+            self.prompts = PromptFollowing(reader[0], captions, cfg.num_samples, cfg.batch_size)
+            self.reader_about = reader[1]
         self._real: Tensor | None = None
         self.sampler = ""  # the sampler and its NFE, for the families that have samplers
 
@@ -142,6 +156,11 @@ class SampleQuality:
     def __call__(self, model: Any, seed: int = 0, **sample_options: Any) -> dict[str, float]:
         """The metrics of `n` samples; `sample_options` (sampler, steps, guidance, eta) go to
         the model's sampler, and the sampler's NFE is returned beside the figures."""
+        out: dict[str, float] = {}
+        if self.prompts is not None:
+            out.update(self.prompts(model, seed, **sample_options))
+            if self.names == ["prompts"]:
+                return out
         n = self.cfg.num_samples
         if self.features is not None:
             real = self.real_features()
@@ -156,7 +175,6 @@ class SampleQuality:
                 feats.append(self._embed(images))
             if self.classifier is not None and "coverage" in self.names:
                 probs.append(self.classifier.logits(images).softmax(1).cpu())
-        out: dict[str, float] = {}
         if result.nfe is not None:
             out["nfe"] = float(result.nfe)
             self.sampler = f"{result.sampler}, {result.nfe} network evaluations per sample"
@@ -203,6 +221,8 @@ class SampleQuality:
                 f"least one of {n} generated images"
             )
             notes["class_confidence"] = "mean top-class probability on the generated images"
+        if self.prompts is not None:
+            notes.update(self.prompts.describe(self.reader_about, self.cfg.num_samples))
         keys = {k for g in self.names for k in GROUPS[g]}
         out = {k: v for k, v in notes.items() if k in keys}
         if self.sampler:  # beside every figure: samples from another sampler score differently

@@ -33,6 +33,19 @@ def _block(cin: int, cout: int, stride: int) -> list[nn.Module]:
     ]
 
 
+def conv_trunk(shape: list[int], base: int, cap: int) -> tuple[nn.Sequential, int]:
+    """(B, C, S, S) in [-1, 1] → (B, width): conv blocks, stride 2 per level, then the mean
+    over positions; returns the trunk and its width."""
+    c, h, w = shape
+    check(h == w, "dataset.image_size", f"{h}x{w}: the classifier needs square images")
+    levels, _ = conv_levels(h)
+    ch = level_channels(base, levels, cap)
+    layers = _block(c, ch[0], 1)
+    for i in range(levels):
+        layers += _block(ch[i], ch[i + 1], 2) + _block(ch[i + 1], ch[i + 1], 1)
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), ch[-1]
+
+
 @MODELS.register("classifier")
 class Classifier(TrainedModel):
     """Image classifier (no samples): the feature network for FID/KID/PR and class coverage."""
@@ -55,15 +68,8 @@ class Classifier(TrainedModel):
             )
         check(cfg.feature_dim >= 1, "model.feature_dim", "must be >= 1")
         check(0 <= cfg.dropout < 1, "model.dropout", "must be in [0, 1)")
-        c, h, w = data.shape
-        check(h == w, "dataset.image_size", f"{h}x{w}: the classifier needs square images")
-        levels, _ = conv_levels(h)
-        ch = level_channels(cfg.base_channels, levels, cfg.max_channels)
-        layers = _block(c, ch[0], 1)
-        for i in range(levels):
-            layers += _block(ch[i], ch[i + 1], 2) + _block(ch[i + 1], ch[i + 1], 1)
-        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.embed = nn.Sequential(nn.Linear(ch[-1], cfg.feature_dim), nn.ReLU())
+        self.net, width = conv_trunk(data.shape, cfg.base_channels, cfg.max_channels)
+        self.embed = nn.Sequential(nn.Linear(width, cfg.feature_dim), nn.ReLU())
         self.head = nn.Sequential(
             nn.Dropout(cfg.dropout), nn.Linear(cfg.feature_dim, data.num_classes)
         )

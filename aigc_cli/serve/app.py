@@ -88,7 +88,7 @@ class Served:
                                  "owned_by": "aigc", "kind": self.kind, "family": m.cfg.name,
                                  "shape": list(spec.shape)}  # fmt: skip
         classes = int(getattr(m, "num_classes", 0) or 0)
-        about["classes"] = list(spec.extra.get("class_names") or range(classes)) if classes else []
+        about["classes"] = list(spec.class_names or range(classes)) if classes else []
         if isinstance(m, HasSamplers):
             about["samplers"] = list(m.samplers)
             about["sampler_options"] = list(m.sampler_options)
@@ -372,7 +372,12 @@ async def generate(state: State, request: Request, kind: str) -> Response:
     n = body.integer("n", 1, 1, most)
     seed = body.integer("seed", None, 0, 2**63 - 1)
     stream = body.boolean("stream")
-    if body.string("prompt"):
+    prompt = body.string("prompt")
+    if model.takes_prompts:  # text-to-image: the prompt is the condition
+        if not prompt or not prompt.strip():
+            raise ApiError(400, f"bad value for 'prompt': model '{served.id}' draws what a "
+                           "prompt describes; send a non-empty prompt", "prompt")  # fmt: skip
+    elif prompt:
         raise ApiError(400, f"bad value for 'prompt': model '{served.id}' takes no text prompt; "
                        "send an empty prompt (and classes= for a class-conditional model)",
                        "prompt")  # fmt: skip
@@ -382,6 +387,8 @@ async def generate(state: State, request: Request, kind: str) -> Response:
                            "b64_json", "response_format")  # fmt: skip
         check_size(body.string("size"), served)
     options = sample_options(body, model, limits)
+    if model.takes_prompts:
+        options["prompt"] = prompt
     body.finish()
     job = new_job(served, n, seed, options, stream)
     items = image_items if kind == "image" else music_items

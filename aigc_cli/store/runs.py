@@ -79,21 +79,33 @@ def load_run(
     return model.to(device).eval(), ckpt
 
 
-def find_classifier(dataset_name: str, spec: DataSpec, root: Path | None = None) -> Path:
-    """The newest classifier run under `root` trained on `dataset_name` images of `spec`'s
-    shape. Runs are picked by their config.yaml, so only candidates' checkpoints are opened."""
+def find_classifier(dataset_name: str, spec: DataSpec, root: Path | None = None,
+                    model: str = "classifier") -> Path:  # fmt: skip
+    """The newest classifier (or `model`) run under `root` trained on `dataset_name` images of
+    `spec`'s shape (and, for captions, as many things per scene). Runs are picked by their
+    config.yaml, so only candidates' checkpoints are opened."""
     root = Path(root) if root is not None else outputs_root()
+    objects = (spec.extra.get("captions") or {}).get("objects")
     for path in reversed(find_runs(root)):
         run = RunDir(path)
         try:
             cfg = OmegaConf.load(run.config)
-            if cfg.model.name != "classifier" or cfg.dataset.name != dataset_name:
+            if cfg.model.name != model or cfg.dataset.name != dataset_name:
+                continue
+            if objects is not None and cfg.dataset.get("objects") != objects:
                 continue
             ckpt = load_checkpoint(run.last)
         except Exception:
             continue  # another tool's folder, a broken run: not a candidate
         if list(ckpt["dataset"]["spec"]["shape"]) == list(spec.shape):
             return run.last
+    if model == "reader":
+        raise ConfigError(
+            f"no reader run for dataset '{dataset_name}' ({objects} things per scene) under "
+            f"{root.resolve()}; prompts are judged by it",
+            hint=f"train one: aigc train model=reader dataset={dataset_name} "
+            f"dataset.objects={objects}, or pass metrics.reader=<run dir>",
+        )
     shape = "x".join(map(str, spec.shape))
     raise ConfigError(
         f"no classifier run for dataset '{dataset_name}' ({shape} images) under "
@@ -131,10 +143,30 @@ def load_sample_quality(
     device: torch.device,
 ) -> SampleQuality:  # fmt: skip
     """The sample-quality metrics of `names`, with the classifier they embed with loaded."""
-    classifier = None
+    classifier = reader = None
     if needs_classifier(cfg, names):
         classifier = load_classifier(cfg.classifier, dataset_name, data.spec, device)
-    return SampleQuality(cfg, names, data, device, classifier)
+    if "prompts" in names:
+        reader = load_reader(cfg.reader, dataset_name, data.spec, device)
+    return SampleQuality(cfg, names, data, device, classifier, reader)
+
+
+def load_reader(
+    where: str | Path | None, dataset_name: str, spec: DataSpec, device: torch.device
+) -> tuple[Any, str]:
+    """The attribute reader that judges prompt following, and a description of it."""
+    path = resolve_checkpoint(where) if where else find_classifier(dataset_name, spec,
+                                                                   model="reader")  # fmt: skip
+    model, ckpt = load_run(path, device, use_ema=True)
+    if ckpt["model"]["name"] != "reader":
+        raise ConfigError(f"{path} is a run of model '{ckpt['model']['name']}', not a reader",
+                          hint=f"pass the run dir of `aigc train model=reader "
+                          f"dataset={dataset_name}`")  # fmt: skip
+    acc = RunDir.of_checkpoint(path).read_metrics().get("test/all_accuracy")
+    accuracy = (
+        f", all parts right on {acc:.4f} of the test renders" if isinstance(acc, float) else ""
+    )
+    return model, f"the attribute reader {path} (step {ckpt['step']}{accuracy})"
 
 
 def build_with_parts(model_cfg: dict[str, Any], spec: DataSpec) -> TrainedModel:
