@@ -35,7 +35,7 @@ class EvalConfig(SamplerOptions):
     # SamplerOptions: the sampler of the sample-based metrics (diffusion and flow)
     run: str | None = None  # run dir or checkpoint file; null = the newest run
     checkpoint: str = "last"  # last | best
-    metrics: list[str] | None = None  # nll, fid, kid, pr, coverage; null = all that apply
+    metrics: list[str] | None = None  # nll, fid, kid, pr, coverage, prompts; null = all that apply
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     batch_size: int = 256  # evaluation batch size
     max_batches: int = 0  # 0 = the whole test split
@@ -44,6 +44,7 @@ class EvalConfig(SamplerOptions):
     ema: bool = True  # evaluate the EMA weights when the run kept them
     iwae_k: int = 0  # VAE: samples per image for the IWAE bound on NLL (papers: 5000)
     classifier: str | None = None  # feature classifier run; null = newest match in outputs/
+    reader: str | None = None  # prompts: attribute reader run; null = newest match in outputs/
     inception_weights: str | None = None  # FID Inception .pth: fid/kid/pr use its features
     pr_k: int = 3  # precision/recall: k of the k-NN radii
     kid_subsets: int = 100  # KID: random subsets averaged over
@@ -135,6 +136,7 @@ def quality_metrics(cfg: EvalConfig, model: Any, data: Any, dataset_name: str, d
         num_samples=cfg.num_samples,
         batch_size=min(cfg.batch_size, 250),
         classifier=cfg.classifier,
+        reader=cfg.reader,
         inception_weights=cfg.inception_weights,
         pr_k=cfg.pr_k,
         kid_subsets=cfg.kid_subsets,
@@ -144,7 +146,8 @@ def quality_metrics(cfg: EvalConfig, model: Any, data: Any, dataset_name: str, d
     groups = [m for m in wanted if m in GROUPS]
     if cfg.metrics is None and model.generates and data.spec.kind == "image":
         # Unasked, the sample metrics are added when a feature network is at hand.
-        groups = [g for g in GROUPS if g != "coverage" or data.spec.num_classes >= 2]
+        groups = [g for g in GROUPS if (g != "coverage" or data.spec.num_classes >= 2)
+                  and (g != "prompts" or model.takes_prompts)]  # fmt: skip
         try:
             return wanted, load_sample_quality(mcfg, groups, data, dataset_name, device)
         except ConfigError as e:

@@ -27,11 +27,11 @@ from aigc_cli.data.captions import (
 from aigc_cli.data.synthetic import shape_cover
 from aigc_cli.registry import DATASETS
 
-VERSION = 1  # bump when the scenes or captions are drawn differently
+VERSION = 2  # bump when the scenes or captions are drawn differently
 CAPTION_LENGTH = 72  # ids per caption: the start id, up to 71 characters, padding
 RGB = torch.tensor([[1.0, 0.15, 0.15], [0.15, 0.9, 0.2], [0.25, 0.4, 1.0], [1.0, 0.9, 0.15],
                     [0.95, 0.2, 0.95], [0.15, 0.9, 0.95]])  # fmt: skip
-HALF = {0: (0.10, 0.13), 1: (0.19, 0.23)}  # half-size range, as a fraction of the image, by size
+HALF = {0: (0.12, 0.15), 1: (0.19, 0.23)}  # half-size range, as a fraction of the image, by size
 
 
 @dataclass

@@ -308,9 +308,11 @@ class DenoisingModel(GenerativeModel, HasSamplers):
                     "bad value for 'prompt': it is empty",
                     hint='describe the image: prompt="a small red circle"',
                 )
+        ids = encode_captions(prompts, self.captions["length"])  # within the encoder's window
+        for p in prompts:
             parse(p)  # a caption of the grammar, or one line saying what it takes
         per = max(1, n // len(prompts))
-        ids = encode_captions(prompts, self.captions["length"]).repeat_interleave(per, dim=0)
+        ids = ids.repeat_interleave(per, dim=0)
         return per * len(prompts), ids.to(self.device), per
 
     def sampling_options(self, sampler: str | None, steps: int | None, guidance: float | None,
