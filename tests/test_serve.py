@@ -260,3 +260,21 @@ def test_load_200_requests_at_concurrency_16_a_tenth_invalid_then_1000_for_memor
             assert status == 400 and param in {k for k in body if k != "model"}
     assert statuses.count(400) == 20 and statuses.count(200) == 180
     assert grown < 50, f"memory grew by {grown:.1f} MB over 1000 requests"
+
+
+def test_a_text_to_image_model_takes_its_prompt_and_refuses_an_empty_one():
+    from aigc_cli.build import build_data
+
+    data = build_data({"name": "captioned_shapes", "image_size": 16, "train_size": 32,
+                       "test_size": 8})  # fmt: skip
+    served = State(Limits(), Settings())
+    served.add("t2i", tiny_model("flow", data.spec, text=True, base_channels=8, steps=2,
+                                 text_width=16, text_layers=1).eval())  # fmt: skip
+    served.ready.set()
+    with background(served) as url, httpx.Client(base_url=url, timeout=60) as http:
+        route = "/v1/images/generations"
+        ok = http.post(route, json={"model": "t2i", "prompt": "a small red circle", "n": 2})
+        assert ok.status_code == 200 and len(ok.json()["data"]) == 2
+        for prompt in ("", "a purple dog"):
+            r = http.post(route, json={"model": "t2i", "prompt": prompt})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text

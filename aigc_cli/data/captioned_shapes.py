@@ -31,6 +31,7 @@ VERSION = 2  # bump when the scenes or captions are drawn differently
 CAPTION_LENGTH = 72  # ids per caption: the start id, up to 71 characters, padding
 RGB = torch.tensor([[1.0, 0.15, 0.15], [0.15, 0.9, 0.2], [0.25, 0.4, 1.0], [1.0, 0.9, 0.15],
                     [0.95, 0.2, 0.95], [0.15, 0.9, 0.95]])  # fmt: skip
+HELD_OUT = ("yellow circle", "cyan square", "magenta triangle")  # "colour shape" pairs
 HALF = {0: (0.12, 0.15), 1: (0.19, 0.23)}  # half-size range, as a fraction of the image, by size
 
 
@@ -41,10 +42,7 @@ class CaptionedShapesConfig:
     image_size: int = 32  # height and width in pixels
     train_size: int = 20000  # training images
     test_size: int = 2000  # test images
-    # colour-shape pairs that appear in no scene, to test composition ("colour shape")
-    held_out: list[str] = field(
-        default_factory=lambda: ["yellow circle", "cyan square", "magenta triangle"]
-    )
+    held_out: list[str] = field(default_factory=lambda: list(HELD_OUT))  # pairs in no scene
     seed: int = 1234  # the data are a pure function of this seed
 
 
