@@ -36,7 +36,8 @@ def test_hydra_flags_work_after_subcommand(tmp_path, run_main):
     assert "lr: 0.0003" in out and "name: vae" in out
     assert not (tmp_path / "outputs").exists() or not _run_dirs(tmp_path)
     code, out, err = run_main("train", "--help")
-    assert code == 0 and "model: classifier, diffusion, flow, frames, gan, transformer, vae" in out
+    models = "model: classifier, diffusion, flow, frames, gan, reader, transformer, vae"
+    assert code == 0 and models in out
 
 
 def test_multirun_train_sample_eval_end_to_end(tmp_path, run_main):
@@ -101,8 +102,8 @@ def test_multirun_train_sample_eval_end_to_end(tmp_path, run_main):
 BAD_INPUTS = [
     (
         ["model=gna"],
-        "unknown model 'gna'; choose from: classifier, diffusion, flow, frames, gan, transformer, "
-        "vae",
+        "unknown model 'gna'; choose from: classifier, diffusion, flow, frames, gan, reader, "
+        "transformer, vae",
     ),
     (["dataset=nope"], "unknown dataset 'nope'; choose from:"),
     (["optim=sgdd"], "unknown optim 'sgdd'; choose from: adam, adamw"),
