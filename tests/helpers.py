@@ -176,6 +176,17 @@ SMALL = {
 }
 
 
+# Families that need a particular dataset of their kind (the reader reads captioned scenes).
+CAPTIONED = ("captioned_shapes", ["dataset.image_size=16", "dataset.train_size=64",
+                                  "dataset.test_size=16"])  # fmt: skip
+FAMILY_DATA = {"reader": CAPTIONED}
+
+
+def data_of(family: str, kind: str) -> tuple[str, list[str]]:
+    """The tiny dataset (name, overrides) a family trains on for a data kind in the tests."""
+    return FAMILY_DATA.get(family, KIND_DATA[kind])
+
+
 def model_kinds() -> list[tuple[str, str]]:
     from aigc_cli.registry import MODELS
 

@@ -25,7 +25,16 @@ import torch
 
 from aigc_cli.registry import MODELS
 
-from .helpers import KIND_DATA, SMALL, Recorder, checkpoint, model_kinds, read_scalars, two_ranks
+from .helpers import (
+    CAPTIONED,
+    SMALL,
+    Recorder,
+    checkpoint,
+    data_of,
+    model_kinds,
+    read_scalars,
+    two_ranks,
+)
 
 FACTORS: dict[str, list[Any]] = {
     "precision": ["32", "bf16", "16"],
@@ -83,9 +92,7 @@ VARIANTS: dict[str, list[str]] = {
     "flow@text": ["model.text=true", "model.text_width=16", "model.text_layers=1"],
 }
 # The data a variant needs instead of its kind's (text-to-image reads captions).
-CAPTIONS = ("captioned_shapes", ["dataset.image_size=16", "dataset.train_size=64",
-                                 "dataset.test_size=16"])  # fmt: skip
-VARIANT_DATA = {"diffusion@text": CAPTIONS, "flow@text": CAPTIONS}
+VARIANT_DATA = {"diffusion@text": CAPTIONED, "flow@text": CAPTIONED}
 
 
 def model_rows() -> list[str]:
@@ -119,7 +126,7 @@ def covering_cells() -> list[dict[str, Any]]:
 def compose(make_cfg, cell: dict[str, Any], *extra: str, steps: int = STEPS):
     """The cell's config: the tiny test config of its model and data, and its features."""
     row, kind = cell["model"].split(":")
-    dataset, data_args = VARIANT_DATA.get(row, KIND_DATA[kind])
+    dataset, data_args = VARIANT_DATA.get(row, data_of(family(cell), kind))
     return make_cfg(*overrides(cell, steps), *data_args, *extra, model=family(cell),
                     dataset=dataset)  # fmt: skip
 

@@ -29,9 +29,11 @@ EXTRA_ROWS = {"transformer:tunes_events": ("tunes", EVENTS)}
 def rows() -> dict[str, tuple[str, str, list[str]]]:
     """name → (family, dataset, overrides) for every generative family and data kind."""
     out = {}
+    from aigc_cli.registry import MODELS
+
     for family, kind in model_kinds():
-        if family == "classifier":
-            continue  # generates nothing: nothing to serve
+        if not MODELS.get(family).obj.generates:
+            continue  # the classifier, the reader: nothing to serve
         dataset, args = KIND_DATA[kind]
         out[f"{family}_{kind}"] = (family, dataset, args)
     for row, (dataset, args) in EXTRA_ROWS.items():

@@ -29,12 +29,17 @@ PARTS = {"count": ("count",), "relation": ("layout",), "shape": ("shape1", "shap
          "colour": ("colour1", "colour2"), "size": ("size1", "size2")}  # fmt: skip
 
 
-def degrade(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """A blurred (Gaussian, sigma 0.8 px) and noisy (std 0.05) copy of images in [0, 1]."""
+def degrade(x: Tensor, generator: torch.Generator | None = None,
+            eps: Tensor | None = None) -> Tensor:  # fmt: skip
+    """A blurred (Gaussian, sigma 0.8 px) and noisy (std 0.05) copy of images in [0, 1]; the
+    standard normal noise is `eps` when given (training draws it through the loop's Noise,
+    so every rank count gets the same), else drawn from `generator`."""
     k = torch.tensor([0.2, 0.6, 0.2], device=x.device)  # about sigma 0.8
     kernel = (k[:, None] * k[None, :]).expand(x.shape[1], 1, 3, 3)
     blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
-    noise = torch.randn(x.shape, generator=generator).to(x.device) * 0.05
+    if eps is None:
+        eps = torch.randn(x.shape, generator=generator).to(x.device)
+    noise = eps * 0.05
     return (blurred + noise).clamp(0, 1)
 
 
@@ -92,7 +97,7 @@ class AttributeReader(TrainedModel):
     def training_step(self, batch: Batch, step: int, noise: Noise = LOCAL) -> Iterator[Stage]:
         x, attrs = batch[0], batch[3].long()
         worse = noise.rand_like(x[:, 0, 0, 0]) < self.cfg.degraded
-        x = torch.where(worse.view(-1, 1, 1, 1), degrade(x), x)
+        x = torch.where(worse.view(-1, 1, 1, 1), degrade(x, eps=noise.randn_like(x)), x)
         logits = self.logits(x)
         two = (attrs[:, 0] == 1).float()
         loss = x.new_zeros(())
