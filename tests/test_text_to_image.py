@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from aigc_cli.build import build_data, build_model
-from aigc_cli.data.captions import COLOURS, SHAPES, Scene, Thing, describe, parse
+from aigc_cli.data.captions import COLOURS, SHAPES, Scene, Thing, describe, parse, verdicts
 from aigc_cli.errors import ConfigError
-from aigc_cli.models.reader import verdicts
 
 from .helpers import TINY, run_cli
 

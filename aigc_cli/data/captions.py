@@ -138,3 +138,26 @@ def caption_spec(length: int) -> dict[str, Any]:
     return {"tokenizer": caption_tokenizer().to_dict(), "length": length,
             "vocab": len(ALPHABET) + 2, "columns": list(COLUMNS),
             "choices": dict(CHOICES)}  # fmt: skip
+
+
+#: the parts of a verdict and the columns each reads (slot 2 only for two things)
+PARTS = {"count": ("count",), "relation": ("layout",), "shape": ("shape1", "shape2"),
+         "colour": ("colour1", "colour2"), "size": ("size1", "size2")}  # fmt: skip
+
+
+def verdicts(read: Tensor, wanted: Tensor) -> dict[str, Tensor]:
+    """Per image (B,) bools: each part of the wanted scene (B, 8) read right in `read`
+    (B, 8), and "all": every part. A one-thing scene has no relation and no second thing."""
+    columns = ("count", "layout", "shape1", "colour1", "size1", "shape2", "colour2", "size2")
+    two = wanted[:, 0] == 1
+    same = read == wanted  # (B, 8)
+    out: dict[str, Tensor] = {}
+    for part, cols in PARTS.items():
+        ok = torch.ones_like(two)
+        for c in cols:
+            right = same[:, columns.index(c)]
+            needed = two if c in ("layout", "shape2", "colour2", "size2") else torch.ones_like(two)
+            ok = ok & (right | ~needed)
+        out[part] = ok
+    out["all"] = torch.stack(list(out.values())).all(0)
+    return out

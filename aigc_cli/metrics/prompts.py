@@ -10,8 +10,7 @@ from typing import Any
 import torch
 
 from aigc_cli.data.captioned_shapes import draw_scenes, held_out_pairs
-from aigc_cli.data.captions import COLOURS, SHAPES, Scene, describe
-from aigc_cli.models.reader import PARTS, verdicts
+from aigc_cli.data.captions import COLOURS, PARTS, SHAPES, Scene, describe, verdicts
 
 #: what the group adds to the results
 KEYS = ("prompt_accuracy", *(f"{p}_accuracy" for p in PARTS), "prompt_accuracy_held_out")

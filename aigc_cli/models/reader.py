@@ -18,15 +18,12 @@ from torch import Tensor, nn
 
 from aigc_cli.config import check
 from aigc_cli.data.base import Batch, DataSpec
+from aigc_cli.data.captions import PARTS, verdicts
 from aigc_cli.errors import ConfigError
 from aigc_cli.models.base import Stage, TrainedModel
 from aigc_cli.models.classifier import conv_trunk
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.registry import MODELS
-
-#: the parts of a verdict and the columns each reads (slot 2 only for two things)
-PARTS = {"count": ("count",), "relation": ("layout",), "shape": ("shape1", "shape2"),
-         "colour": ("colour1", "colour2"), "size": ("size1", "size2")}  # fmt: skip
 
 
 def degrade(x: Tensor, generator: torch.Generator | None = None,
@@ -41,24 +38,6 @@ def degrade(x: Tensor, generator: torch.Generator | None = None,
         eps = torch.randn(x.shape, generator=generator).to(x.device)
     noise = eps * 0.05
     return (blurred + noise).clamp(0, 1)
-
-
-def verdicts(read: Tensor, wanted: Tensor) -> dict[str, Tensor]:
-    """Per image (B,) bools: each part of the wanted scene (B, 8) read right in `read`
-    (B, 8), and "all": every part. A one-thing scene has no relation and no second thing."""
-    columns = ("count", "layout", "shape1", "colour1", "size1", "shape2", "colour2", "size2")
-    two = wanted[:, 0] == 1
-    same = read == wanted  # (B, 8)
-    out: dict[str, Tensor] = {}
-    for part, cols in PARTS.items():
-        ok = torch.ones_like(two)
-        for c in cols:
-            right = same[:, columns.index(c)]
-            needed = two if c in ("layout", "shape2", "colour2", "size2") else torch.ones_like(two)
-            ok = ok & (right | ~needed)
-        out[part] = ok
-    out["all"] = torch.stack(list(out.values())).all(0)
-    return out
 
 
 @MODELS.register("reader")
