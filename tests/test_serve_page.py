@@ -42,6 +42,15 @@ def page(tmp_path):
         browser.close()
 
 
+def generate(page, model: str, fields: dict[str, str]) -> None:
+    """Pick the model, fill the form, press Generate and wait until the page says done."""
+    page.select_option("#model", model)
+    for selector, value in fields.items():
+        page.fill(selector, value)
+    page.click("#go")
+    page.wait_for_function("document.getElementById('status').textContent == 'done'")
+
+
 def test_the_page_streams_text_draws_a_grid_and_stops(page, tmp_path):
     served = state()
     shots = Path(os.environ.get("AIGC_SCREENSHOTS", tmp_path))
@@ -51,21 +60,11 @@ def test_the_page_streams_text_draws_a_grid_and_stops(page, tmp_path):
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
 
-        page.select_option("#model", "gpt")
-        page.fill("#prompt", "Once")
-        page.fill("#max_tokens", "60")
-        page.fill("#text_seed", "3")
-        page.click("#go")
-        page.wait_for_function("document.getElementById('status').textContent == 'done'")
+        generate(page, "gpt", {"#prompt": "Once", "#max_tokens": "60", "#text_seed": "3"})
         text = page.inner_text("#text")
         assert text.startswith("Once") and len(text) > 10
 
-        page.select_option("#model", "diffusion")
-        page.fill("#n", "6")
-        page.fill("#steps", "8")
-        page.fill("#image_seed", "1")
-        page.click("#go")
-        page.wait_for_function("document.getElementById('status').textContent == 'done'")
+        generate(page, "diffusion", {"#n": "6", "#steps": "8", "#image_seed": "1"})
         assert page.locator("#grid img").count() == 6
         assert page.get_attribute("#progress", "value") == "8"
         page.screenshot(path=str(shots / "serve-page.png"))

@@ -378,11 +378,13 @@ class Transformer(GenerativeModel):
         `more` join between tokens, and each request's result goes out when its rows end."""
         results: dict[int, SampleResult | None] = {}
         first = [self._admit(r, results) for r in requests]
-        joining = None
-        if more is not None:
-            joining = lambda active: [row for r in more(active)  # noqa: E731
-                                      for row in self._admit(r, results)]  # fmt: skip
-        decode(self.gpt, [row for rows in first for row in rows], filter_logits, joining)
+
+        def joining(active: int) -> list[Row]:
+            assert more is not None
+            return [row for r in more(active) for row in self._admit(r, results)]
+
+        decode(self.gpt, [row for rows in first for row in rows], filter_logits,
+               joining if more is not None else None)  # fmt: skip
         return [results.get(id(r)) for r in requests]
 
     def _admit(self, request: Request, results: dict[int, SampleResult | None]) -> list[Row]:
