@@ -20,7 +20,7 @@ from aigc_cli.config import check
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.data.captions import PARTS, verdicts
 from aigc_cli.errors import ConfigError
-from aigc_cli.models.base import Stage, TrainedModel
+from aigc_cli.models.base import OnnxGraph, Stage, TrainedModel
 from aigc_cli.models.classifier import conv_trunk
 from aigc_cli.noise import LOCAL, Noise
 from aigc_cli.registry import MODELS
@@ -67,6 +67,15 @@ class AttributeReader(TrainedModel):
         h = self.trunk(x * 2 - 1)
         return {c: head(h).float() for c, head in self.heads.items()}
 
+    def onnx_graphs(self) -> list[OnnxGraph]:
+        shape, sizes = list(self.spec.shape), [h.out_features for h in self.heads.values()]
+        return [OnnxGraph(
+            "reader", _Logits(self), lambda n: {"image": torch.rand(n, *shape)}, ["logits"],
+            {k: {0: "batch"} for k in ("image", "logits")},
+            f"image (batch, {', '.join(map(str, shape))}) in [0, 1] → logits (batch, "
+            f"{sum(sizes)}): the columns {', '.join(self.columns)} in turn, {sizes} each",
+        )]  # fmt: skip
+
     @torch.no_grad()
     def read(self, x: Tensor) -> Tensor:
         """(B, C, H, W) images in [0, 1] → (B, 8) the columns it reads."""
@@ -104,3 +113,12 @@ class AttributeReader(TrainedModel):
         notes.update({f"{k}_degraded": f"{v}, after a Gaussian blur (sigma 0.8 px) and noise "
                       "(std 0.05)" for k, v in list(notes.items())})  # fmt: skip
         return notes
+
+
+class _Logits(nn.Module):
+    def __init__(self, reader: AttributeReader) -> None:
+        super().__init__()
+        self.reader = reader
+
+    def forward(self, image: Tensor) -> Tensor:
+        return torch.cat(list(self.reader.logits(image).values()), dim=1)
