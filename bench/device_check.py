@@ -42,6 +42,10 @@ OWN_DATA = {
         ["dataset=tunes", "dataset.representation=frames"],
         ["trainer.batch_size=8", "dataset.pieces=40", "dataset.window=16"],
     ),
+    "reader": (
+        ["dataset=captioned_shapes"],
+        ["trainer.batch_size=8", "dataset.train_size=64", "dataset.test_size=16"],
+    ),
 }
 
 
