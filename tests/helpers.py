@@ -3,11 +3,14 @@ TensorBoard events and checkpoints, two ranks in forked processes, a free loopba
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +183,44 @@ SMALL = {
 CAPTIONED = ("captioned_shapes", ["dataset.image_size=16", "dataset.train_size=64",
                                   "dataset.test_size=16"])  # fmt: skip
 FAMILY_DATA = {"reader": CAPTIONED}
+
+FOLDER_COLOURS = {"red": (230, 30, 30), "green": (30, 220, 40), "blue": (40, 80, 250)}
+
+
+def caption_folder(root: Path | None = None, n: int = 48) -> Path:
+    """A folder of `n` drawn scenes with captions in both layouts people use: the first half a
+    .txt beside each image, the second half in sub/metadata.jsonl. Each caption names its
+    image's colour ("a red square"), which the tests check each batch against. Without `root`
+    it is one folder per test session under the temp dir, written once (atomically)."""
+    from PIL import Image, ImageDraw
+
+    if root is None:
+        root = Path(tempfile.gettempdir()) / f"aigc-test-caption-folder-v1-{n}"
+        if root.is_dir():
+            return root
+    work = Path(tempfile.mkdtemp(dir=root.parent, prefix=".captions-"))
+    (work / "sub").mkdir()
+    rows = []
+    for i in range(n):
+        colour = list(FOLDER_COLOURS)[i % 3]
+        shape = ("square", "circle")[(i // 3) % 2]
+        im = Image.new("RGB", (24, 24))
+        box = (4 + i % 5, 4, 18 + i % 5, 18)
+        draw = ImageDraw.Draw(im)
+        (draw.rectangle if shape == "square" else draw.ellipse)(box, fill=FOLDER_COLOURS[colour])
+        caption = f"a {colour} {shape}"
+        if i < n // 2:
+            im.save(work / f"img{i:03d}.png")
+            (work / f"img{i:03d}.txt").write_text(caption + "\n")
+        else:
+            im.save(work / "sub" / f"img{i:03d}.png")
+            rows.append(json.dumps({"file_name": f"img{i:03d}.png", "text": caption}))
+    (work / "sub" / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    try:
+        work.rename(root)
+    except OSError:  # another process wrote it first
+        shutil.rmtree(work, ignore_errors=True)
+    return root
 
 
 def data_of(family: str, kind: str) -> tuple[str, list[str]]:

@@ -29,6 +29,7 @@ from .helpers import (
     CAPTIONED,
     SMALL,
     Recorder,
+    caption_folder,
     checkpoint,
     data_of,
     model_kinds,
@@ -90,9 +91,19 @@ VARIANTS: dict[str, list[str]] = {
     "frames@ordered_lstm": ["model.backbone=lstm", "model.notes=ordered"],
     "diffusion@text": ["model.text=true", "model.text_width=16", "model.text_layers=1"],
     "flow@text": ["model.text=true", "model.text_width=16", "model.text_layers=1"],
+    "flow@caption_folder": ["model.text=true", "model.text_width=16", "model.text_layers=1"],
 }
+
+
+def folder_data() -> tuple[str, list[str]]:
+    """Users' captioned files, written once a session when a cell first needs them."""
+    return "caption_folder", [f"dataset.path={caption_folder()}", "dataset.image_size=16",
+                              "dataset.test_fraction=0.25", "dataset.workers=0"]  # fmt: skip
+
+
 # The data a variant needs instead of its kind's (text-to-image reads captions).
-VARIANT_DATA = {"diffusion@text": CAPTIONED, "flow@text": CAPTIONED}
+VARIANT_DATA = {"diffusion@text": lambda: CAPTIONED, "flow@text": lambda: CAPTIONED,
+                "flow@caption_folder": folder_data}  # fmt: skip
 
 
 def model_rows() -> list[str]:
@@ -126,7 +137,8 @@ def covering_cells() -> list[dict[str, Any]]:
 def compose(make_cfg, cell: dict[str, Any], *extra: str, steps: int = STEPS):
     """The cell's config: the tiny test config of its model and data, and its features."""
     row, kind = cell["model"].split(":")
-    dataset, data_args = VARIANT_DATA.get(row, data_of(family(cell), kind))
+    data = VARIANT_DATA.get(row, lambda: data_of(family(cell), kind))
+    dataset, data_args = data()
     return make_cfg(*overrides(cell, steps), *data_args, *extra, model=family(cell),
                     dataset=dataset)  # fmt: skip
 

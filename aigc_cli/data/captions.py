@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from aigc_cli.data.text import CharTokenizer
+from aigc_cli.data.text import CharTokenizer, tokenizer_from_dict
 from aigc_cli.errors import ConfigError
 
 SHAPES = ("circle", "square", "triangle")
@@ -117,15 +117,33 @@ def caption_tokenizer() -> CharTokenizer:
     return CharTokenizer(ALPHABET)
 
 
-def encode_captions(captions: list[str], length: int) -> Tensor:
-    """(N, length) ids: START, the characters (shifted past PAD and START), then PAD."""
-    tok = caption_tokenizer()
+def follows_grammar(captions: dict[str, Any]) -> bool:
+    """Whether a caption spec is this grammar's (its captions parse into scenes that the
+    reader judges) rather than a folder's free text. Specs written before the "grammar" key
+    are all the grammar's: they carry its columns."""
+    return bool(captions.get("grammar")) or "columns" in captions
+
+
+def caption_ids(caption: str, captions: dict[str, Any] | None = None) -> list[int]:
+    """START, then the caption's tokens shifted past PAD and START. The grammar's captions are
+    read lower-case, one id a character; a caption folder's (`captions`, its spec) as UTF-8
+    bytes, so any prompt encodes."""
+    if captions is None or follows_grammar(captions):
+        return [START] + [t + 2 for t in caption_tokenizer().encode(caption.lower())]
+    tok = tokenizer_from_dict(captions["tokenizer"])
+    return [START] + [t + 2 for t in tok.encode(caption)]
+
+
+def encode_captions(captions: list[str], length: int,
+                    spec: dict[str, Any] | None = None) -> Tensor:  # fmt: skip
+    """(N, length) ids: each caption's `caption_ids`, then PAD; longer than the encoder's
+    window is one line (a prompt; a caption folder cuts its captions before)."""
     out = torch.full((len(captions), length), PAD, dtype=torch.long)
     for i, caption in enumerate(captions):
-        ids = [START] + [t + 2 for t in tok.encode(caption.lower())]
+        ids = caption_ids(caption, spec)
         if len(ids) > length:
             raise ConfigError(
-                f"bad value for 'prompt': {len(ids) - 1} characters; the text encoder reads "
+                f"bad value for 'prompt': {len(ids) - 1} tokens; the text encoder reads "
                 f"at most {length - 1}",
                 hint="shorten the prompt",
             )
@@ -135,7 +153,7 @@ def encode_captions(captions: list[str], length: int) -> Tensor:
 
 def caption_spec(length: int) -> dict[str, Any]:
     """What a model needs to read captions, kept in the data spec (and so in checkpoints)."""
-    return {"tokenizer": caption_tokenizer().to_dict(), "length": length,
+    return {"grammar": "shapes", "tokenizer": caption_tokenizer().to_dict(), "length": length,
             "vocab": len(ALPHABET) + 2, "columns": list(COLUMNS),
             "choices": dict(CHOICES)}  # fmt: skip
 

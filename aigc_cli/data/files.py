@@ -57,11 +57,13 @@ def load_image(path: str | Path, size: int, channels: int) -> Tensor:
 
 class ImageFiles(Dataset):
     """Files → (image, label, index, ok). An unreadable file gives a blank image and ok=False,
-    so one bad file never stops an epoch; the batch iterators drop such rows."""
+    so one bad file never stops an epoch; the batch iterators drop such rows. `extra`, one row
+    per file (a caption's ids), joins each batch as its third part."""
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int], size: int, channels: int):
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], size: int, channels: int,
+                 extra: Tensor | None = None) -> None:  # fmt: skip
         self.paths, self.labels = list(paths), list(labels)
-        self.size, self.channels = size, channels
+        self.size, self.channels, self.extra = size, channels, extra
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -91,6 +93,7 @@ class FileSplits:
     in_memory: str  # auto | true | false
     memory_limit_mb: int
     workers: int
+    extra: tuple[Tensor, Tensor] | None = None  # a row per train and per test file, batched
 
 
 def _decode_all(ds: ImageFiles, workers: int) -> tuple[Tensor, Tensor, list[int]]:
@@ -142,17 +145,23 @@ def build_file_data(s: FileSplits) -> DataModule:
         num_classes=len(s.class_names),
         class_names=list(s.class_names),
     )
-    splits, bad_paths = [], []
-    for paths, labels in (s.train, s.test):
+    splits: list = []
+    bad_paths: list[str] = []
+    for k, (paths, labels) in enumerate((s.train, s.test)):
+        extra = s.extra[k] if s.extra else None
         ds = ImageFiles(paths, labels, s.size, s.channels)
         if in_memory:
             x, y, bad = _decode_all(ds, workers)
         else:
             bad = _scan_readable(ds, workers)
-            keep = sorted(set(range(len(paths))) - set(bad))
-            ds = ImageFiles([paths[i] for i in keep], [labels[i] for i in keep], s.size, s.channels)
+        keep = sorted(set(range(len(paths))) - set(bad))
+        kept = None if extra is None else extra[keep]
         bad_paths += [paths[i] for i in bad]
-        splits.append((x, y) if in_memory else ds)
+        if in_memory:
+            splits.append((x, y) if kept is None else (x, y, kept))
+        else:
+            splits.append(ImageFiles([paths[i] for i in keep], [labels[i] for i in keep],
+                                     s.size, s.channels, kept))  # fmt: skip
     if bad_paths:
         warn(
             f"{s.name}: skipped {len(bad_paths)} unreadable image file(s) of {n} "
@@ -250,7 +259,9 @@ class StreamingImages(DataModule):
                 if ds.paths[i] not in self._warned:
                     self._warned.add(ds.paths[i])
                     warn(f"skipped unreadable image file {ds.paths[i]}")
-            x, y = x[ok], y[ok]
+            x, y, idx = x[ok], y[ok], idx[ok]
+        if ds.extra is not None:
+            return x.float().div_(255.0), y.long(), ds.extra[idx]
         return x.float().div_(255.0), y.long()
 
     def train_iter(self, batch_size: int, seed: int) -> BatchIterator:
@@ -305,7 +316,8 @@ AUTO_SCAN = 5000  # image_size/channels=auto read the headers of at most this ma
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
-def native_shape(paths: list[str], size: str, channels: str) -> tuple[int, int]:
+def native_shape(paths: list[str], size: str, channels: str,
+                 name: str = "image_folder") -> tuple[int, int]:  # fmt: skip
     """`dataset.image_size` and `dataset.channels`, with `auto` read from the files' headers
     (no decoding): the most common shorter side, capped at AUTO_MAX_SIZE, and grey when every
     file is a grey-mode image. Folders of more than AUTO_SCAN files are sampled evenly."""
@@ -349,7 +361,7 @@ def native_shape(paths: list[str], size: str, channels: str) -> tuple[int, int]:
         why = "every image is grey" if grey else "not every image is grey"
         notes.append(f"channels={out_channels} ({why})")
 
-    console.print(f"image_folder: {', '.join(notes)}", soft_wrap=True)
+    console.print(f"{name}: {', '.join(notes)}", soft_wrap=True)
     return out_size, out_channels
 
 

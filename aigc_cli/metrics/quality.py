@@ -13,6 +13,7 @@ from torch import Tensor
 
 from aigc_cli.config import check, validate
 from aigc_cli.data.base import DataModule
+from aigc_cli.data.captions import follows_grammar
 from aigc_cli.errors import ConfigError
 from aigc_cli.metrics import stats
 from aigc_cli.metrics.inception import load_inception
@@ -127,9 +128,10 @@ class SampleQuality:
         self.prompts, self.reader_about = None, ""
         if "prompts" in names:
             captions = spec.extra.get("captions")
-            if not captions or reader is None:
+            if not captions or not follows_grammar(captions) or reader is None:
                 raise ConfigError(
-                    "prompts judges text-to-image samples on captioned data",
+                    "prompts judges text-to-image samples against captioned_shapes' grammar "
+                    "(free captions have no reader to judge them)",
                     hint="use it with model.text=true on dataset=captioned_shapes",
                 )
             self.prompts = PromptFollowing(reader[0], captions, cfg.num_samples, cfg.batch_size)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from aigc_cli.config import check, validate
 from aigc_cli.data.base import Batch, BatchIterator, DataModule, DataSpec, TensorData
-from aigc_cli.data.captions import START, encode_captions, parse
+from aigc_cli.data.captions import START, encode_captions, follows_grammar, parse
 from aigc_cli.errors import ConfigError
 from aigc_cli.models.base import (
     GenerativeModel,
@@ -308,9 +308,10 @@ class DenoisingModel(GenerativeModel, HasSamplers):
                     "bad value for 'prompt': it is empty",
                     hint='describe the image: prompt="a small red circle"',
                 )
-        ids = encode_captions(prompts, self.captions["length"])  # within the encoder's window
-        for p in prompts:
-            parse(p)  # a caption of the grammar, or one line saying what it takes
+        ids = encode_captions(prompts, self.captions["length"], self.captions)  # fits the window
+        if follows_grammar(self.captions):
+            for p in prompts:
+                parse(p)  # a caption of the grammar, or one line saying what it takes
         per = max(1, n // len(prompts))
         ids = ids.repeat_interleave(per, dim=0)
         return per * len(prompts), ids.to(self.device), per
@@ -389,7 +390,8 @@ def caption_spec_of(cfg: Any, data: DataSpec) -> dict[str, Any] | None:
     captions = data.extra.get("captions")
     if not captions or data.kind != "image":
         raise ConfigError("model.text needs captioned images",
-                          hint="use dataset=captioned_shapes, or model.text=false")  # fmt: skip
+                          hint="use dataset=captioned_shapes or dataset=caption_folder, or "
+                          "model.text=false")  # fmt: skip
     if cfg.conditional:
         raise ConfigError(
             "model.text and model.conditional both pick a condition",

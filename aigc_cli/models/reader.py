@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from aigc_cli.config import check
 from aigc_cli.data.base import Batch, DataSpec
-from aigc_cli.data.captions import PARTS, verdicts
+from aigc_cli.data.captions import PARTS, follows_grammar, verdicts
 from aigc_cli.errors import ConfigError
 from aigc_cli.models.base import OnnxGraph, Stage, TrainedModel
 from aigc_cli.models.classifier import conv_trunk
@@ -54,7 +54,7 @@ class AttributeReader(TrainedModel):
     def __init__(self, cfg: Config, data: DataSpec) -> None:
         super().__init__(cfg, data)
         captions = data.extra.get("captions")
-        if not captions:
+        if not captions or not follows_grammar(captions):
             raise ConfigError("model 'reader' reads captioned scenes",
                               hint="use dataset=captioned_shapes")  # fmt: skip
         check(0 <= cfg.degraded <= 1, "model.degraded", "must be in [0, 1]")
