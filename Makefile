@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install chromium train sample serve test test-all test-fast bench lint format tensorboard clean
+.PHONY: help install chromium fluidsynth train sample serve test test-all test-fast bench lint format tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,11 @@ chromium: ## Debian's Chromium for the web page's browser test (needs root; the 
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	  { apt-get install -y --no-install-recommends chromium || \
 	    { apt-get update && apt-get install -y --no-install-recommends chromium; }; }
+
+fluidsynth: ## FluidSynth and a General MIDI soundfont, for music's WAV previews (needs root; optional)
+	@{ command -v fluidsynth >/dev/null && ls /usr/share/sounds/sf2/*.sf2 >/dev/null 2>&1; } || \
+	  { apt-get install -y --no-install-recommends fluidsynth timgm6mb-soundfont || \
+	    { apt-get update && apt-get install -y --no-install-recommends fluidsynth timgm6mb-soundfont; }; }
 
 train: $(STAMP) ## train the default model (VAE on built-in shapes); ARGS="model=gan ..." to change
 	$(AIGC) train $(ARGS)

@@ -125,6 +125,55 @@ def test_synthesiser_sounds_the_note_it_is_given():
         assert w.getnframes() == audio.numel()
 
 
+def _fluidsynth_or_skip() -> str:
+    import shutil
+
+    from aigc_cli.results.fluidsynth import find_soundfont
+
+    soundfont = find_soundfont(None)
+    if shutil.which("fluidsynth") is None or soundfont is None:
+        pytest.skip("FluidSynth and a General MIDI soundfont are not installed (make fluidsynth)")
+    return soundfont
+
+
+def test_fluidsynth_sounds_the_note_it_is_given(tmp_path):
+    """FluidSynth's piano plays A4 at 440 Hz (the strongest partial of its first second: a
+    piano's A4 fundamental dominates), sounds until the note's end at two seconds, and is
+    damped after it."""
+    from aigc_cli.results.fluidsynth import render_midi
+
+    soundfont = _fluidsynth_or_skip()
+    audio = render_midi(midi_bytes([Note(69, 0.0, 2.0)], 60), soundfont, SAMPLE_RATE, 2.0)
+    assert 0.85 < audio.abs().max() <= 0.9 + 1e-6
+    assert 2.0 * SAMPLE_RATE <= audio.numel() <= 6.0 * SAMPLE_RATE
+    spectrum = torch.fft.rfft(audio[:SAMPLE_RATE])
+    assert abs(int(spectrum.abs()[1:].argmax()) + 1 - 440) <= 2
+
+    def level(start: float, end: float) -> float:
+        return float(audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)].abs().max())
+
+    assert level(1.8, 2.0) > 5 * level(2.2, 2.4)  # the damper falls at the note's end
+    rolls = torch.zeros(1, 88, 2, dtype=torch.bool)
+    rolls[0, 48] = True  # A4 for two quarters: one second at 120 beats a minute
+    folder = Music(rolls=rolls, tempo=120, soundfont=soundfont).write(tmp_path / "s")
+    with wave.open(str(folder / "00.wav")) as w:
+        assert w.getframerate() == SAMPLE_RATE and w.getnframes() >= SAMPLE_RATE
+
+
+def test_audio_choice_is_one_line_when_fluidsynth_is_missing(monkeypatch, tmp_path):
+    from aigc_cli.results import fluidsynth
+
+    monkeypatch.setattr(fluidsynth.shutil, "which", lambda name: None)
+    assert fluidsynth.pick_soundfont("auto", None) is None  # auto falls back to the synthesiser
+    assert fluidsynth.pick_soundfont("synth", None) is None
+    with pytest.raises(ConfigError, match="needs the fluidsynth program"):
+        fluidsynth.pick_soundfont("fluidsynth", None)
+    with pytest.raises(ConfigError, match="choose from: auto, synth, fluidsynth"):
+        fluidsynth.pick_soundfont("timidity", None)
+    with pytest.raises(ConfigError, match="is not a file"):
+        fluidsynth.pick_soundfont("auto", str(tmp_path / "none.sf2"))
+
+
 def test_music_result_writes_midi_wav_and_rolls(tmp_path):
     rolls = torch.zeros(2, 88, 8, dtype=torch.bool)
     rolls[0, 39, :4] = True

@@ -18,7 +18,8 @@ from aigc_cli.data.music import PIECE, Piece, encode, music_spec, piece_from_not
 from aigc_cli.errors import ConfigError
 from aigc_cli.models.base import GenerativeModel, HasSamplers, Interpolates, SamplerOptions
 from aigc_cli.results import Images, SampleResult
-from aigc_cli.results.music import PIECES
+from aigc_cli.results.fluidsynth import pick_soundfont
+from aigc_cli.results.music import PIECES, Music
 from aigc_cli.store.rundir import RunDir
 from aigc_cli.store.runs import load_run, resolve_checkpoint
 
@@ -46,6 +47,10 @@ class SampleConfig(SamplerOptions):
     temperature: float = 1.0  # text models: softmax temperature (lower = more conservative)
     top_k: int = 0  # text models: keep the k most likely tokens; 0 = all
     top_p: float = 1.0  # text models: keep the smallest set with this total probability
+    # music: WAV previews by auto (FluidSynth where it and a soundfont are installed, else
+    # aigc's synthesiser) | synth | fluidsynth
+    audio: str = "auto"
+    soundfont: str | None = None  # a General MIDI .sf2; null = $AIGC_SOUNDFONT or the system's
 
 
 def sample(node: Any) -> Path:
@@ -69,7 +74,10 @@ def sample(node: Any) -> Path:
             f"bad value for 'mode': model '{model.cfg.name}' has no latent space to interpolate",
             hint="use mode=sample",
         )
+    soundfont = pick_soundfont(cfg.audio, cfg.soundfont)  # before drawing: a bad one is quick
     result = draw(cfg, model, record)
+    if isinstance(result, Music):
+        result.soundfont = soundfont
     if cfg.nrow and isinstance(result, Images):
         result.nrow = cfg.nrow
     if cfg.out:

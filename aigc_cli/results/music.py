@@ -15,6 +15,7 @@ from torch import Tensor
 from aigc_cli.atomic import write_bytes
 from aigc_cli.results.audio import SAMPLE_RATE, render, wav_bytes
 from aigc_cli.results.base import Board, SampleResult
+from aigc_cli.results.fluidsynth import render_midi
 from aigc_cli.results.images import save_grid, to_grid
 from aigc_cli.results.midi import Note, midi_bytes
 
@@ -29,6 +30,7 @@ class Music(SampleResult):
     low: int = 21  # MIDI pitch of row 0 (21 = A0, the piano's lowest key)
     step: float = 1.0  # quarter notes per grid step (1 = quarter grid, 0.25 = sixteenths)
     tempo: float = 90.0  # quarter notes per minute, for the MIDI files and the audio
+    soundfont: str | None = None  # FluidSynth renders the audio with it; None = built-in synth
 
     suffix = ""  # a folder: <stem>/00.mid, 00.wav, ..., rolls.png
 
@@ -46,7 +48,13 @@ class Music(SampleResult):
 
     def audio(self, i: int) -> Tensor:
         """Sample i rendered to mono audio in [-1, 1] at SAMPLE_RATE."""
-        return render(self.notes(i), self.tempo)
+        return self._render(self.notes(i))
+
+    def _render(self, notes: list[Note]) -> Tensor:
+        if self.soundfont is None:
+            return render(notes, self.tempo)
+        seconds = max((n.start + n.duration for n in notes), default=0.0) * 60 / self.tempo
+        return render_midi(midi_bytes(notes, self.tempo), self.soundfont, SAMPLE_RATE, seconds)
 
     def picture(self) -> Tensor:
         """The piano rolls as one image grid, high pitches at the top (C, H, W) in [0, 1]."""
@@ -61,7 +69,7 @@ class Music(SampleResult):
         for i in range(len(self)):
             notes = self.notes(i)
             write_bytes(folder / f"{i:02d}.mid", midi_bytes(notes, self.tempo))
-            write_bytes(folder / f"{i:02d}.wav", wav_bytes(render(notes, self.tempo)))
+            write_bytes(folder / f"{i:02d}.wav", wav_bytes(self._render(notes)))
         save_grid(roll_images(self.rolls), folder / "rolls.png", nrow=1)
         return folder
 
@@ -73,7 +81,11 @@ class Music(SampleResult):
 
     def describe(self) -> str:
         notes = sum(len(self.notes(i)) for i in range(len(self)))
-        return f"{len(self)} pieces, {notes} notes: MIDI files and WAV previews; listen to the .wav"
+        by = "aigc's synthesiser"
+        if self.soundfont:
+            by = f"FluidSynth with {Path(self.soundfont).name}"
+        return (f"{len(self)} pieces, {notes} notes: MIDI files and WAV previews (rendered by "
+                f"{by}); listen to the .wav")  # fmt: skip
 
 
 def note_spans(roll: Tensor) -> tuple[Tensor, Tensor, Tensor]:
