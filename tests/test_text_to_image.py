@@ -55,6 +55,13 @@ def test_verdicts_by_hand():
     assert v["all"].tolist() == [True, False]
     assert v["relation"].tolist() == [True, False] and v["colour"].tolist() == [True, False]
     assert v["shape"].tolist() == [True, True] and v["size"].tolist() == [True, True]
+    assert v["swapped"].tolist() == [False, False]
+    swap = wanted[1:].clone()
+    swap[0, 3], swap[0, 6] = wanted[1, 6], wanted[1, 3]  # red and yellow on the other things
+    same_colour = swap.clone()
+    same_colour[0, 6] = same_colour[0, 3] = 5
+    v = verdicts(torch.cat([swap, same_colour]), torch.cat([wanted[1:], same_colour]))
+    assert v["swapped"].tolist() == [True, False] and v["colour"].tolist() == [False, True]
 
 
 def test_prompts_steer_rows_and_bad_prompts_are_one_line():

@@ -165,7 +165,8 @@ PARTS = {"count": ("count",), "relation": ("layout",), "shape": ("shape1", "shap
 
 def verdicts(read: Tensor, wanted: Tensor) -> dict[str, Tensor]:
     """Per image (B,) bools: each part of the wanted scene (B, 8) read right in `read`
-    (B, 8), and "all": every part. A one-thing scene has no relation and no second thing."""
+    (B, 8), "all": every part, and "swapped": a two-thing scene's two colours drawn on the
+    wrong things. A one-thing scene has no relation and no second thing."""
     columns = ("count", "layout", "shape1", "colour1", "size1", "shape2", "colour2", "size2")
     two = wanted[:, 0] == 1
     same = read == wanted  # (B, 8)
@@ -178,4 +179,8 @@ def verdicts(read: Tensor, wanted: Tensor) -> dict[str, Tensor]:
             ok = ok & (right | ~needed)
         out[part] = ok
     out["all"] = torch.stack(list(out.values())).all(0)
+    # Attribute binding: two different colours both drawn, each on the other's thing.
+    c1, c2 = columns.index("colour1"), columns.index("colour2")
+    out["swapped"] = (two & (wanted[:, c1] != wanted[:, c2]) & (read[:, c1] == wanted[:, c2])
+                      & (read[:, c2] == wanted[:, c1]))  # fmt: skip
     return out

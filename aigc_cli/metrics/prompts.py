@@ -13,7 +13,8 @@ from aigc_cli.data.captioned_shapes import draw_scenes, held_out_pairs
 from aigc_cli.data.captions import COLOURS, PARTS, SHAPES, Scene, describe, verdicts
 
 #: what the group adds to the results
-KEYS = ("prompt_accuracy", *(f"{p}_accuracy" for p in PARTS), "prompt_accuracy_held_out")
+KEYS = ("prompt_accuracy", *(f"{p}_accuracy" for p in PARTS), "prompt_accuracy_held_out",
+        "colour_swap_rate")  # fmt: skip
 
 
 def caption_set(captions: dict[str, Any], n: int, held_out: bool, seed: int) -> list[Scene]:
@@ -47,7 +48,10 @@ class PromptFollowing:
         seen = self.judge(model, caption_set(self.captions, self.num_samples, False, seed + 1),
                           seed, sample_options)  # fmt: skip
         for part, ok in seen.items():
-            if part != "relation" or self.two:
+            if part == "swapped":
+                if self.two:
+                    out["colour_swap_rate"] = ok
+            elif part != "relation" or self.two:
                 out["prompt_accuracy" if part == "all" else f"{part}_accuracy"] = ok
         if self.captions.get("held_out"):
             unseen = caption_set(self.captions, self.num_samples, True, seed + 2)
@@ -76,6 +80,9 @@ class PromptFollowing:
         for p in PARTS:
             if p != "relation" or self.two:
                 notes[f"{p}_accuracy"] = f"{base}, with the {p} right"
+        if self.two:
+            notes["colour_swap_rate"] = (f"share of {n} samples with the caption's two colours "
+                                         "each drawn on the other thing")  # fmt: skip
         notes["prompt_accuracy_held_out"] = (
             f"as prompt_accuracy, on {n} captions each naming a held-out colour-shape pair"
         )
