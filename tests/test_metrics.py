@@ -4,6 +4,7 @@ the whole path through a classifier run, training and `aigc eval`."""
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -337,3 +338,59 @@ def test_sampler_and_nfe_stand_beside_every_sample_quality_figure(run_main, tmp_
     assert code != 0 and "has no sampler options" in err and "Traceback" not in err
     code, _, err = run_main("eval", "run=outputs/dm", "metrics=[fid]", "sampler=heun")
     assert code != 0 and "'heun' does not fit model 'diffusion'" in err
+
+
+class _Painter:
+    """A text-to-image stand-in that 'draws' each caption as the real test image it belongs to
+    (looked up by caption), or, shuffled, as another group's image."""
+
+    takes_prompts = True
+
+    def __init__(self, by_caption: dict[str, list[torch.Tensor]], swap: dict[str, str]) -> None:
+        self.by_caption, self.swap = by_caption, swap
+        self.used: dict[str, int] = {}
+
+    def sample(self, n: int, generator=None, prompts=None) -> Images:
+        assert prompts is not None and len(prompts) == n  # one sample per real test caption
+        out = []
+        for p in prompts:
+            key = self.swap.get(p, p)
+            i = self.used.get(key, 0)
+            self.used[key] = i + 1
+            out.append(self.by_caption[key][i % len(self.by_caption[key])])
+        return Images(images=torch.stack(out))
+
+
+def test_text_to_image_fid_draws_one_sample_per_test_caption_and_splits_by_group():
+    """FID of a text-to-image model samples the real test captions: a model that draws each
+    caption's own real image scores 0 overall and in every group (closed form: identical
+    feature sets); one that draws red things for blue captions and back keeps the overall set
+    nearly the same but is far off within the red and blue groups."""
+    from aigc_cli.build import build_data
+    from aigc_cli.data.captions import decode_captions
+    from aigc_cli.metrics.quality import MetricsConfig, SampleQuality
+
+    data = build_data({"name": "captioned_shapes", "image_size": 16, "train_size": 16,
+                       "test_size": 400, "seed": 3})  # fmt: skip
+    captions = data.spec.extra["captions"]
+    x, _, ids, _ = data.test
+    texts = decode_captions(ids, captions)
+    by_caption: dict[str, list[torch.Tensor]] = {}
+    for image, text in zip(x.float() / 255, texts, strict=True):
+        by_caption.setdefault(text, []).append(image)
+    features = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 8))
+    torch.manual_seed(0)
+    cfg = MetricsConfig(num_samples=400, batch_size=100)
+    stand_in = types.SimpleNamespace(features=features)
+    q = SampleQuality(cfg, ["fid"], data, torch.device("cpu"), (stand_in, "a random linear map"))
+    same = q(_Painter(by_caption, {}))
+    assert same["fid"] == pytest.approx(0, abs=1e-6)
+    assert same["fid_group_max"] == pytest.approx(0, abs=1e-6) and q.group_fid
+    swap = {t: t.replace("red", "blue") if "red" in t else t.replace("blue", "red")
+            for t in by_caption if ("red" in t) != ("blue" in t)}  # fmt: skip
+    swap = {a: b for a, b in swap.items() if b in by_caption}
+    crossed = q(_Painter(by_caption, swap))
+    red = [g for g in q.group_fid if g.startswith(("red", "blue"))]
+    others = [g for g in q.group_fid if g not in red]
+    assert min(q.group_fid[g] for g in red) > 10 * max(q.group_fid[g] for g in others) + 1e-3
+    assert crossed["fid_group_mean"] > crossed["fid"]

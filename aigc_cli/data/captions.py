@@ -134,6 +134,14 @@ def caption_ids(caption: str, captions: dict[str, Any] | None = None) -> list[in
     return [START] + [t + 2 for t in tok.encode(caption)]
 
 
+def decode_captions(ids: Tensor, captions: dict[str, Any]) -> list[str]:
+    """The text of (N, L) caption ids, as `caption_ids` wrote them (the grammar's lower-case)."""
+    tok = caption_tokenizer() if follows_grammar(captions) else tokenizer_from_dict(
+        captions["tokenizer"])  # fmt: skip
+    rows = ids.tolist()
+    return [tok.decode([t - 2 for t in row[1:] if t > START]) for row in rows]
+
+
 def encode_captions(captions: list[str], length: int,
                     spec: dict[str, Any] | None = None) -> Tensor:  # fmt: skip
     """(N, length) ids: each caption's `caption_ids`, then PAD; longer than the encoder's

@@ -13,16 +13,18 @@ from torch import Tensor
 
 from aigc_cli.config import check, validate
 from aigc_cli.data.base import DataModule
-from aigc_cli.data.captions import follows_grammar
+from aigc_cli.data.captions import COLOURS, SHAPES, decode_captions, follows_grammar
 from aigc_cli.errors import ConfigError
 from aigc_cli.metrics import stats
 from aigc_cli.metrics.inception import load_inception
 from aigc_cli.metrics.prompts import KEYS as PROMPT_KEYS
 from aigc_cli.metrics.prompts import PromptFollowing
 
+GROUP_MIN = 20  # captions a subject group needs for its own FID
+
 # metric group (what a user names) → the keys it adds to the results
 GROUPS: dict[str, tuple[str, ...]] = {
-    "fid": ("fid",),
+    "fid": ("fid", "fid_group_mean", "fid_group_max"),
     "kid": ("kid", "kid_std"),
     "pr": ("precision", "recall"),
     "coverage": ("class_coverage", "class_confidence"),
@@ -137,6 +139,11 @@ class SampleQuality:
             self.prompts = PromptFollowing(reader[0], captions, cfg.num_samples, cfg.batch_size)
             self.reader_about = reader[1]
         self._real: Tensor | None = None
+        self.captions = spec.extra.get("captions")
+        self._prompts: list[str] = []  # the test captions the generated side draws from
+        self._groups: Tensor | None = None  # each real test image's subject group
+        self.group_fid: dict[str, float] = {}
+        self.paired = False  # whether the last call drew one sample per real test caption
         self.sampler = ""  # the sampler and its NFE, for the families that have samplers
 
     def _embed(self, images: Tensor) -> Tensor:
@@ -144,14 +151,26 @@ class SampleQuality:
         return self.features.embed(images.to(self.device).float()).double().cpu()
 
     def real_features(self) -> Tensor:
+        """Features of the first `num_samples` test images; on captioned data also their
+        captions, which the generated side draws from one each (a text-to-image FID compares
+        images of the same captions), and for the grammar's scenes each subject's group."""
         if self._real is None:
-            parts, seen = [], 0
+            parts, ids, groups, seen = [], [], [], 0
             for batch in self.data.eval_iter(self.cfg.batch_size):
                 parts.append(self._embed(batch[0]))
+                if self.captions is not None:
+                    ids.append(batch[2].cpu())
+                    if len(batch) > 3:  # the scene's columns: the subject's shape and colour
+                        groups.append(batch[3][:, 2].cpu() * len(COLOURS) + batch[3][:, 3].cpu())
                 seen += batch[0].shape[0]
                 if seen >= self.cfg.num_samples:
                     break
-            self._real = torch.cat(parts)[: self.cfg.num_samples]
+            n = self.cfg.num_samples
+            self._real = torch.cat(parts)[:n]
+            if ids:
+                self._prompts = decode_captions(torch.cat(ids)[:n], self.captions or {})
+            if groups:
+                self._groups = torch.cat(groups)[:n]
         return self._real
 
     @torch.no_grad()
@@ -169,9 +188,12 @@ class SampleQuality:
             n = real.shape[0]  # a test split smaller than num_samples caps both sides
         g = torch.Generator().manual_seed(seed)
         feats, probs = [], []
+        texts = bool(self._prompts) and getattr(model, "takes_prompts", False)
+        self.paired = texts
         for start in range(0, n, self.cfg.batch_size):
-            result = model.sample(min(self.cfg.batch_size, n - start), generator=g,
-                                  **sample_options)  # fmt: skip
+            size = min(self.cfg.batch_size, n - start)
+            prompts = {"prompts": self._prompts[start : start + size]} if texts else {}
+            result = model.sample(size, generator=g, **prompts, **sample_options)
             images = result.images.to(self.device).float()
             if self.features is not None:
                 feats.append(self._embed(images))
@@ -182,6 +204,8 @@ class SampleQuality:
             self.sampler = f"{result.sampler}, {result.nfe} network evaluations per sample"
         if "fid" in self.names:
             out["fid"] = stats.fid(real, torch.cat(feats))
+            if texts and self._groups is not None:
+                out.update(self.group_fids(real, torch.cat(feats)))
         if "kid" in self.names:
             out["kid"], out["kid_std"] = stats.kid(
                 real,
@@ -198,6 +222,21 @@ class SampleQuality:
             out["class_coverage"], out["class_confidence"] = stats.class_coverage(torch.cat(probs))
         return out
 
+    def group_fids(self, real: Tensor, fake: Tensor) -> dict[str, float]:
+        """FID within each subject group (shape x colour) of the captions, the real and the
+        generated images of the same captions; groups of fewer than GROUP_MIN are left out."""
+        assert self._groups is not None
+        self.group_fid = {}
+        for group in self._groups.unique().tolist():
+            rows = self._groups == group
+            if int(rows.sum()) >= GROUP_MIN:
+                name = f"{COLOURS[group % len(COLOURS)]} {SHAPES[group // len(COLOURS)]}"
+                self.group_fid[name] = stats.fid(real[rows], fake[rows])
+        if not self.group_fid:
+            return {}
+        values = list(self.group_fid.values())
+        return {"fid_group_mean": sum(values) / len(values), "fid_group_max": max(values)}
+
     def describe(self) -> dict[str, str]:
         n = self.cfg.num_samples if self._real is None else self._real.shape[0]
         subset = min(self.cfg.kid_subset_size, n)
@@ -206,9 +245,15 @@ class SampleQuality:
             "" if self.cfg.inception_weights else
             "; compares runs scored with this same classifier, and is not Inception-FID"
         )  # fmt: skip
+        paired = ", each generated from one of those images' captions" if self.paired else ""
         notes = {
             "fid": f"Fréchet distance (Heusel et al. 2017) between {n} generated and {n} real "
-            f"test images, on {feats}{caveat}",
+            f"test images{paired}, on {feats}{caveat}",
+            "fid_group_mean": f"mean over the subject groups (shape x colour of the first thing "
+            f"a caption names, at least {GROUP_MIN} captions each) of the FID between the real "
+            f"and generated images of that group's captions, same features{caveat}; by group: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in sorted(self.group_fid.items())),
+            "fid_group_max": "the largest of those group FIDs",
             "kid": f"KID (Bińkowski et al. 2018): unbiased MMD², cubic polynomial kernel, mean of "
             f"{self.cfg.kid_subsets} subsets of {subset}, same features{caveat}",
             "kid_std": "standard deviation of KID over its subsets",
