@@ -187,6 +187,56 @@ def test_music_result_writes_midi_wav_and_rolls(tmp_path):
     ]  # fmt: skip
 
 
+def test_frame_and_token_music_get_a_frechet_distance_on_roll_windows():
+    """Music in frames is compared as the roll representation's images: a stand-in that plays
+    back the test pieces themselves (padded to one length, as a batch of samples is) scores 0
+    (closed form: the same windows), and one that plays silence scores far worse; each window
+    the metric cuts is the roll dataset's own image of that stretch."""
+    import types
+
+    from aigc_cli.build import build_data
+    from aigc_cli.data.music import PIANO_LOW, roll_windows
+    from aigc_cli.metrics.quality import MetricsConfig, SampleQuality
+
+    frames = build_data({"name": "tunes", "representation": "frames", "window": 16,
+                         "pieces": 40})  # fmt: skip
+    rolls = build_data({"name": "tunes", "representation": "roll", "pieces": 40})
+    for i, piece in enumerate(frames.pieces["test"]):  # one to five windows long, ending on a note
+        long = piece.roll.repeat(1, 1 + 240 // piece.roll.shape[1])
+        sounding = long.any(0).nonzero().flatten()
+        piece.roll = long[:, : int(sounding[sounding < 40 + 47 * (i % 5)].max()) + 1]
+    test = [p.roll for p in frames.pieces["test"]]
+    assert len({r.shape[1] // 48 for r in test}) > 1
+    windows = torch.cat([roll_windows(r, PIANO_LOW) for r in test])
+    whole = torch.cat([roll_windows(p.roll, PIANO_LOW) for p in rolls.pieces["test"]])
+    assert torch.equal(whole, rolls.test[0])  # the roll dataset's own images
+    torch.manual_seed(0)
+    embed = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48 * 48, 6))
+    cfg = MetricsConfig(num_samples=len(windows), batch_size=64)
+    q = SampleQuality(cfg, ["fid", "kid"], frames, torch.device("cpu"),
+                      (types.SimpleNamespace(features=embed), "a random linear map"))  # fmt: skip
+    steps = max(r.shape[1] for r in test)
+
+    class PlayBack:
+        def __init__(self, silent: bool) -> None:
+            self.silent, self.next = silent, 0
+
+        def sample(self, n: int, generator=None) -> Music:
+            out = torch.zeros(n, 88, steps, dtype=torch.bool)
+            for i in range(n):
+                r = test[(self.next + i) % len(test)]
+                out[i, :, : r.shape[1]] = r
+                if self.silent:
+                    out[i, :, 1:] = False
+            self.next += n
+            return Music(rolls=out)
+
+    same = q(PlayBack(False))
+    assert same["fid"] == pytest.approx(0, abs=1e-6)
+    assert q(PlayBack(True))["fid"] > 100 * (same["fid"] + 1e-3)
+    assert "piano-roll windows" in q.describe()["fid"]
+
+
 def test_uniform_frame_model_scores_88_ln_2():
     """Closed form: logits 0 give each of 88 notes probability 1/2, so every frame costs
     88 ln 2 = 61.00 nats whatever it holds."""

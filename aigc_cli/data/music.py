@@ -125,7 +125,7 @@ class MusicStats:
     def sample_metrics(self, samples: SampleResult) -> dict[str, float]:
         assert isinstance(samples, Music), "music data gets music samples"
         # pieces of different lengths come padded with silence: trailing silence is not theirs
-        rolls = [_trim(r) for r in samples.rolls]
+        rolls = [trim_silence(r) for r in samples.rolls]
         stats = music_stats(rolls, samples.low)
         overlap = mean_overlap(self.features, feature_sets(rolls, samples.low))
         stats["overlap_area"] = overlap["mean"]
@@ -236,29 +236,42 @@ def music_data(pieces: list[Piece], cfg: MusicConfig, source: str) -> DataModule
     return data
 
 
+def roll_image_spec() -> DataSpec:
+    """The shape of the roll representation's images, which a music classifier reads."""
+    return DataSpec(kind="image", shape=[1, ROLL_PITCHES, ROLL_PITCHES],
+                    extra={"music": {"representation": "roll"}})  # fmt: skip
+
+
+def roll_windows(roll: Tensor, low: int, window: int = ROLL_PITCHES) -> Tensor:
+    """A piece's (pitches, steps) roll whose row 0 is MIDI pitch `low`, as the roll
+    representation's images: (N, 1, ROLL_PITCHES, window) uint8 0/255, the rows of C2..B5, one
+    image per `window` steps (the last padded with silence)."""
+    lo = ROLL_LOW - low
+    r = roll[max(lo, 0) : lo + ROLL_PITCHES].bool()
+    if lo < 0:  # a roll that starts above C2: its missing low rows are silent
+        r = torch.cat([torch.zeros(-lo, r.shape[1], dtype=torch.bool), r])
+    r = torch.nn.functional.pad(r, (0, 0, 0, ROLL_PITCHES - r.shape[0]))
+    n = -(-r.shape[1] // window)
+    padded = torch.zeros(ROLL_PITCHES, n * window, dtype=torch.uint8)
+    padded[:, : r.shape[1]] = r.to(torch.uint8) * 255
+    return padded.view(ROLL_PITCHES, n, window).permute(1, 0, 2).unsqueeze(1).contiguous()
+
+
 def roll_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> TensorData:
     """Square images: ROLL_PITCHES pitches × `window` steps, one per window of each piece (the
     last padded with silence)."""
     square = f"{cfg.window}: roll images are square, {ROLL_PITCHES} pitches × {ROLL_PITCHES} steps"
     check(cfg.window == ROLL_PITCHES, "dataset.window", square)
-    lo = ROLL_LOW - PIANO_LOW
 
     def images(pieces: list[Piece]) -> tuple[Tensor, Tensor]:
         """(N, 1, pitches, steps) uint8 0/255 windows, and each one's piece's mode."""
-        out, modes = [], []
-        for p in pieces:
-            r = p.roll[lo : lo + ROLL_PITCHES]
-            mode = mode_of(p.roll, PIANO_LOW)
-            for start in range(0, r.shape[1], cfg.window):
-                w = torch.zeros(ROLL_PITCHES, cfg.window, dtype=torch.uint8)
-                chunk = r[:, start : start + cfg.window]
-                w[:, : chunk.shape[1]] = chunk.to(torch.uint8) * 255
-                out.append(w)
-                modes.append(mode)
+        out = [roll_windows(p.roll, PIANO_LOW, cfg.window) for p in pieces]
+        modes = [torch.full((len(w),), mode_of(p.roll, PIANO_LOW)) for w, p in zip(out, pieces,
+                 strict=True)]  # fmt: skip
         if not out:
             empty = torch.zeros(0, 1, ROLL_PITCHES, cfg.window, dtype=torch.uint8)
             return empty, torch.zeros(0, dtype=torch.long)
-        return torch.stack(out).unsqueeze(1), torch.tensor(modes)
+        return torch.cat(out), torch.cat(modes).long()
 
     train, test = images(parts["train"]), images(parts["test"])
     music = {**music, "low": ROLL_LOW, "pitches": ROLL_PITCHES}
@@ -428,10 +441,10 @@ def decode(text: str, encoding: str, max_steps: int = 0) -> Tensor:
             k, d = ord(a) - PITCH_CHAR, ord(b) - DURATION_CHAR
             if 0 <= k < KEYS and 1 <= d <= MAX_DURATION:
                 roll[k, t : t + d] = True
-    return roll if max_steps or encoding != "events" else _trim(roll)
+    return roll if max_steps or encoding != "events" else trim_silence(roll)
 
 
-def _trim(roll: Tensor) -> Tensor:
+def trim_silence(roll: Tensor) -> Tensor:
     """Drop the silent steps after the last sounding one."""
     sounding = roll.any(0).nonzero()
     return roll[:, : int(sounding[-1]) + 1] if sounding.numel() else roll[:, :1]

@@ -14,6 +14,7 @@ from torch import Tensor
 from aigc_cli.config import check, validate
 from aigc_cli.data.base import DataModule
 from aigc_cli.data.captions import COLOURS, SHAPES, decode_captions, follows_grammar
+from aigc_cli.data.music import PIANO_LOW, ROLL_PITCHES, music_spec, roll_windows, trim_silence
 from aigc_cli.errors import ConfigError
 from aigc_cli.metrics import stats
 from aigc_cli.metrics.inception import load_inception
@@ -21,6 +22,7 @@ from aigc_cli.metrics.prompts import KEYS as PROMPT_KEYS
 from aigc_cli.metrics.prompts import PromptFollowing
 
 GROUP_MIN = 20  # captions a subject group needs for its own FID
+MUSIC_BATCH = 32  # pieces a music model draws at a time for the Fréchet distance
 
 # metric group (what a user names) → the keys it adds to the results
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -95,10 +97,19 @@ class SampleQuality:
         """`classifier`: the classifier model and its description, when `needs_classifier`
         (the caller finds and loads it: store/runs.py's load_classifier)."""
         spec = data.spec
-        if spec.kind != "image":
+        # Music in frames or tokens is compared as the roll representation's images, in the
+        # feature space of a classifier trained on them (store/runs.py finds one).
+        self.music = spec.kind != "image" and music_spec(spec) is not None
+        if spec.kind != "image" and not self.music:
             raise ConfigError(
                 f"{', '.join(names)} compare images; this run's data is {spec.kind}",
-                hint="use metrics for image models only (nll applies to every model)",
+                hint="use metrics for image and music models only (nll applies to every model)",
+            )
+        if self.music and ("prompts" in names or cfg.inception_weights):
+            raise ConfigError(
+                "music is compared in the features of a classifier of its piano-roll windows",
+                hint="use metrics=[fid,kid,pr] with classifier=<a run of model=classifier "
+                "dataset.representation=roll>",
             )
         if "coverage" in names and spec.num_classes < 2:
             raise ConfigError(
@@ -154,6 +165,13 @@ class SampleQuality:
         """Features of the first `num_samples` test images; on captioned data also their
         captions, which the generated side draws from one each (a text-to-image FID compares
         images of the same captions), and for the grammar's scenes each subject's group."""
+        if self._real is None and self.music:
+            pieces = self.data.pieces["test"]
+            windows = torch.cat([roll_windows(p.roll, PIANO_LOW) for p in pieces])
+            windows = windows[: self.cfg.num_samples].float() / 255
+            size = self.cfg.batch_size
+            self._real = torch.cat([self._embed(windows[i : i + size])
+                                    for i in range(0, len(windows), size)])  # fmt: skip
         if self._real is None:
             parts, ids, groups, seen = [], [], [], 0
             for batch in self.data.eval_iter(self.cfg.batch_size):
@@ -187,6 +205,8 @@ class SampleQuality:
             real = self.real_features()
             n = real.shape[0]  # a test split smaller than num_samples caps both sides
         g = torch.Generator().manual_seed(seed)
+        if self.music:
+            return {**out, **self.compare(real, self.music_windows(model, n, g, sample_options))}
         feats, probs = [], []
         texts = bool(self._prompts) and getattr(model, "takes_prompts", False)
         self.paired = texts
@@ -202,25 +222,41 @@ class SampleQuality:
         if result.nfe is not None:
             out["nfe"] = float(result.nfe)
             self.sampler = f"{result.sampler}, {result.nfe} network evaluations per sample"
-        if "fid" in self.names:
-            out["fid"] = stats.fid(real, torch.cat(feats))
-            if texts and self._groups is not None:
+        if feats:
+            out.update(self.compare(real, torch.cat(feats), seed))
+            if "fid" in self.names and texts and self._groups is not None:
                 out.update(self.group_fids(real, torch.cat(feats)))
-        if "kid" in self.names:
-            out["kid"], out["kid_std"] = stats.kid(
-                real,
-                torch.cat(feats),
-                subsets=self.cfg.kid_subsets,
-                subset_size=self.cfg.kid_subset_size,
-                seed=seed,
-            )
-        if "pr" in self.names:
-            out["precision"], out["recall"] = stats.precision_recall(
-                real, torch.cat(feats), k=self.cfg.pr_k
-            )
         if "coverage" in self.names:
             out["class_coverage"], out["class_confidence"] = stats.class_coverage(torch.cat(probs))
         return out
+
+    def compare(self, real: Tensor, fake: Tensor, seed: int = 0) -> dict[str, float]:
+        """fid, kid and pr, those asked for, between two feature sets."""
+        out: dict[str, float] = {}
+        if "fid" in self.names:
+            out["fid"] = stats.fid(real, fake)
+        if "kid" in self.names:
+            out["kid"], out["kid_std"] = stats.kid(real, fake, subsets=self.cfg.kid_subsets,
+                                                   subset_size=self.cfg.kid_subset_size,
+                                                   seed=seed)  # fmt: skip
+        if "pr" in self.names:
+            out["precision"], out["recall"] = stats.precision_recall(real, fake, k=self.cfg.pr_k)
+        return out
+
+    def music_windows(self, model: Any, n: int, g: torch.Generator,
+                      options: dict[str, Any]) -> Tensor:  # fmt: skip
+        """Features of `n` roll windows of generated pieces, drawn a few pieces at a time, each
+        cut as the test pieces are (trailing silence dropped first)."""
+        feats: list[Tensor] = []
+        have = 0
+        while have < n:
+            pieces = max(1, min(MUSIC_BATCH, -(-(n - have) // 2)))
+            result = model.sample(pieces, generator=g, **options)
+            windows = torch.cat([roll_windows(trim_silence(r), result.low)
+                                 for r in result.rolls.cpu()])  # fmt: skip
+            feats.append(self._embed(windows.float() / 255))
+            have += len(windows)
+        return torch.cat(feats)[:n]
 
     def group_fids(self, real: Tensor, fake: Tensor) -> dict[str, float]:
         """FID within each subject group (shape x colour) of the captions, the real and the
@@ -246,6 +282,9 @@ class SampleQuality:
             "; compares runs scored with this same classifier, and is not Inception-FID"
         )  # fmt: skip
         paired = ", each generated from one of those images' captions" if self.paired else ""
+        if self.music:
+            paired = (f" (piano-roll windows of {ROLL_PITCHES} steps x C2-B5: generated pieces "
+                      "and the test pieces, cut alike)")  # fmt: skip
         notes = {
             "fid": f"Fréchet distance (Heusel et al. 2017) between {n} generated and {n} real "
             f"test images{paired}, on {feats}{caveat}",

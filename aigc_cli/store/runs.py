@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from aigc_cli import startup
 from aigc_cli.build import build_model, rebuild
 from aigc_cli.data.base import DataModule, DataSpec
+from aigc_cli.data.music import music_spec, roll_image_spec
 from aigc_cli.errors import CheckpointError, ConfigError
 from aigc_cli.metrics.quality import MetricsConfig, SampleQuality, needs_classifier
 from aigc_cli.models.base import TrainedModel
@@ -107,11 +108,13 @@ def find_classifier(dataset_name: str, spec: DataSpec, root: Path | None = None,
             f"dataset.objects={objects}, or pass metrics.reader=<run dir>",
         )
     shape = "x".join(map(str, spec.shape))
+    roll = (spec.extra.get("music") or {}).get("representation") == "roll"
+    options = " dataset.representation=roll" if roll else " (with the same dataset options)"
     raise ConfigError(
         f"no classifier run for dataset '{dataset_name}' ({shape} images) under "
         f"{root.resolve()}; fid/kid/pr/coverage are computed on its features",
-        hint=f"train one: aigc train model=classifier dataset={dataset_name} (with the same "
-        "dataset options), or pass classifier=<run dir> or inception_weights=<file>",
+        hint=f"train one: aigc train model=classifier dataset={dataset_name}{options}, or pass "
+        "classifier=<run dir> or inception_weights=<file>",
     )
 
 
@@ -145,7 +148,9 @@ def load_sample_quality(
     """The sample-quality metrics of `names`, with the classifier they embed with loaded."""
     classifier = reader = None
     if needs_classifier(cfg, names):
-        classifier = load_classifier(cfg.classifier, dataset_name, data.spec, device)
+        # music in frames or tokens is embedded as the roll representation's images
+        images = roll_image_spec() if music_spec(data.spec) and data.spec.kind != "image" else None
+        classifier = load_classifier(cfg.classifier, dataset_name, images or data.spec, device)
     if "prompts" in names:
         reader = load_reader(cfg.reader, dataset_name, data.spec, device)
     return SampleQuality(cfg, names, data, device, classifier, reader)
