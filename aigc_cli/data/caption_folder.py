@@ -18,11 +18,12 @@ from aigc_cli.config import check
 from aigc_cli.data.base import DataModule
 from aigc_cli.data.captions import PAD, caption_ids
 from aigc_cli.data.files import (
-    IMAGE_EXTENSIONS,
     FileSplits,
     build_file_data,
+    check_enough_images,
     native_shape,
     scan_folder,
+    split_indices,
     warn,
 )
 from aigc_cli.data.text import ByteTokenizer
@@ -108,10 +109,7 @@ def caption_folder(cfg: CaptionFolderConfig) -> DataModule:
     if not root.is_dir():
         raise DataError(f"caption folder not found: {root}", hint="set dataset.path=<folder>")
     paths = scan_folder(root, "none")[0]
-    if len(paths) < 2:
-        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise DataError(f"{root} holds {len(paths)} image file(s); at least 2 are needed",
-                        hint=f"image files are found by extension ({exts})")  # fmt: skip
+    check_enough_images(root, paths)
     texts = read_captions(root, paths, cfg.caption_column)
     missing = [p for p, t in zip(paths, texts, strict=True) if not t]
     if len(missing) == len(paths):
@@ -129,10 +127,7 @@ def caption_folder(cfg: CaptionFolderConfig) -> DataModule:
         warn(f"caption_folder: {cut} caption(s) longer than {cfg.caption_length - 1} bytes "
              "were cut (dataset.caption_length)")  # fmt: skip
     size, channels = native_shape(paths, cfg.image_size, cfg.channels, "caption_folder")
-    g = torch.Generator().manual_seed(cfg.split_seed)
-    perm = torch.randperm(len(paths), generator=g).tolist()
-    n_test = max(1, round(len(paths) * cfg.test_fraction))
-    test_idx, train_idx = sorted(perm[:n_test]), sorted(perm[n_test:])
+    train_idx, test_idx = split_indices(len(paths), cfg.test_fraction, cfg.split_seed)
     data = build_file_data(
         FileSplits(
             name="caption_folder",

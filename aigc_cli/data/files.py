@@ -365,6 +365,20 @@ def native_shape(paths: list[str], size: str, channels: str,
     return out_size, out_channels
 
 
+def check_enough_images(root: Path, paths: list[str]) -> None:
+    if len(paths) < 2:
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise DataError(f"{root} holds {len(paths)} image file(s); at least 2 are needed",
+                        hint=f"image files are found by extension ({exts})")  # fmt: skip
+
+
+def split_indices(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, test) indices of a folder's files: a seeded share held out, each sorted."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_test = max(1, round(n * test_fraction))
+    return sorted(perm[n_test:]), sorted(perm[:n_test])
+
+
 @DATASETS.register("image_folder", config=ImageFolderConfig)
 def image_folder(cfg: ImageFolderConfig) -> DataModule:
     """Any folder of images (recursive); classes from sub-folders; in memory or streamed."""
@@ -378,17 +392,9 @@ def image_folder(cfg: ImageFolderConfig) -> DataModule:
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}", hint="set dataset.path=<folder>")
     paths, ys, classes = scan_folder(root, cfg.labels)
-    if len(paths) < 2:
-        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise DataError(
-            f"{root} holds {len(paths)} image file(s); at least 2 are needed",
-            hint=f"image files are found by extension ({exts})",
-        )
+    check_enough_images(root, paths)
     size, channels = native_shape(paths, cfg.image_size, cfg.channels)
-    g = torch.Generator().manual_seed(cfg.split_seed)
-    perm = torch.randperm(len(paths), generator=g).tolist()
-    n_test = max(1, round(len(paths) * cfg.test_fraction))
-    test_idx, train_idx = sorted(perm[:n_test]), sorted(perm[n_test:])
+    train_idx, test_idx = split_indices(len(paths), cfg.test_fraction, cfg.split_seed)
     data = build_file_data(
         FileSplits(
             name="image_folder",

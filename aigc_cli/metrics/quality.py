@@ -72,6 +72,27 @@ def check_best_metric(best_metric: str | None, m: MetricsConfig) -> None:
         )
 
 
+def _check_data(cfg: MetricsConfig, names: list[str], data: DataModule, music: bool) -> None:
+    """The metrics asked for fit the data, or one line says why not."""
+    spec = data.spec
+    if spec.kind != "image" and not music:
+        raise ConfigError(
+            f"{', '.join(names)} compare images; this run's data is {spec.kind}",
+            hint="use metrics for image and music models only (nll applies to every model)",
+        )
+    if "coverage" in names and spec.num_classes < 2:
+        raise ConfigError(
+            "coverage needs a labelled dataset; this one has no classes",
+            hint="leave coverage out of the metrics",
+        )
+    if music and ("prompts" in names or cfg.inception_weights):
+        raise ConfigError(
+            "music is compared in the features of a classifier of its piano-roll windows",
+            hint="use metrics=[fid,kid,pr] with classifier=<a run of model=classifier "
+            "dataset.representation=roll>",
+        )
+
+
 @dataclass
 class FeatureNet:
     embed: Callable[[Tensor], Tensor]  # (B, C, H, W) in [0, 1] → (B, D)
@@ -100,22 +121,7 @@ class SampleQuality:
         # Music in frames or tokens is compared as the roll representation's images, in the
         # feature space of a classifier trained on them (store/runs.py finds one).
         self.music = spec.kind != "image" and music_spec(spec) is not None
-        if spec.kind != "image" and not self.music:
-            raise ConfigError(
-                f"{', '.join(names)} compare images; this run's data is {spec.kind}",
-                hint="use metrics for image and music models only (nll applies to every model)",
-            )
-        if self.music and ("prompts" in names or cfg.inception_weights):
-            raise ConfigError(
-                "music is compared in the features of a classifier of its piano-roll windows",
-                hint="use metrics=[fid,kid,pr] with classifier=<a run of model=classifier "
-                "dataset.representation=roll>",
-            )
-        if "coverage" in names and spec.num_classes < 2:
-            raise ConfigError(
-                "coverage needs a labelled dataset; this one has no classes",
-                hint="leave coverage out of the metrics",
-            )
+        _check_data(cfg, names, data, self.music)
         self.cfg, self.names, self.data, self.device = cfg, names, data, device
         self.classifier = None
         # fid, kid and pr compare feature sets; coverage only needs the classifier's labels, so
