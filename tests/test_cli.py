@@ -147,6 +147,16 @@ def test_sample_without_runs_is_clear(run_main):
     assert "no trained run found" in err and "aigc train" in err
 
 
+def test_sample_refuses_a_negative_token_count(run_main, tmp_path):
+    """It used to write an empty file and exit 0."""
+    out = tmp_path / "texts.txt"
+    code, _, err = run_main("sample", f"run={tmp_path}", "max_new_tokens=-5", f"out={out}")
+    assert code == 2 and "Traceback" not in err
+    assert "'max_new_tokens': -5 must be >= 1" in err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+    assert not out.exists()
+
+
 def test_unknown_command(run_main):
     code, _, err = run_main("trian")
     assert code == 2 and "unknown command 'trian'" in err

@@ -30,6 +30,8 @@ def test_builtins_registered_with_descriptions():
     assert {"shapes", "gaussians"} <= set(DATASETS.names())
     for entry in [*MODELS.entries(), *DATASETS.entries()]:
         assert entry.description, f"{entry.name} needs a one-line docstring"
+        # `aigc list` shows the docstring's first line: a whole sentence, not one cut mid-way
+        assert entry.description.endswith((".", ")")), f"{entry.name}: {entry.description!r}"
 
 
 def test_registration_needs_a_config_dataclass():

@@ -1,88 +1,15 @@
-"""Start-up: one config composition per single run (compose_once), and the garbage collector
-paused until the run is built (startup). Both must leave everything a run writes unchanged."""
+"""Start-up: the cyclic garbage collector paused until the run is built (startup), and a
+config that asks for a sweep still sweeps."""
 
 from __future__ import annotations
 
-import difflib
 import gc
-from pathlib import Path
-
-import pytest
 
 from aigc_cli import startup
-from aigc_cli.cli import compose_once
 
 from .helpers import tiny_overrides
 
 ONE_STEP = [*tiny_overrides(), "trainer.max_steps=1", "trainer.log_every=1"]
-GAN_STEP = [*tiny_overrides("gan", "gaussians"), "trainer.max_steps=1", "trainer.log_every=1"]
-
-
-def _count_compositions(mp: pytest.MonkeyPatch) -> list[int]:
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-
-    calls = [0]
-    original = ConfigLoaderImpl.load_configuration
-
-    def counted(self, *args, **kwargs):
-        calls[0] += 1
-        return original(self, *args, **kwargs)
-
-    mp.setattr(ConfigLoaderImpl, "load_configuration", counted)
-    return calls
-
-
-def _hydra_files(run_dir: Path) -> dict[str, str]:
-    return {
-        name: (run_dir / ".hydra" / name).read_text().replace(str(run_dir), "<run>")
-        for name in ("config.yaml", "hydra.yaml", "overrides.yaml")
-    }
-
-
-def _both_ways(run_main, tmp_path: Path, *args: str) -> list[tuple]:
-    """The command with one composition, then with Hydra's two: (code, stderr, files, count)."""
-    out = []
-    for once in (True, False):
-        run_dir = tmp_path / ("once" if once else "twice")
-        with pytest.MonkeyPatch.context() as mp:
-            calls = _count_compositions(mp)
-            if not once:
-                mp.setattr(compose_once, "install", lambda: False)
-                compose_once.uninstall()
-            code, _, err = run_main("train", *args, f"hydra.run.dir={run_dir}")
-        files = _hydra_files(run_dir) if (run_dir / ".hydra").is_dir() else {}
-        out.append((code, err.replace(str(run_dir), "<run>"), files, calls[0]))
-    return out
-
-
-@pytest.mark.parametrize(
-    "args",
-    [
-        ONE_STEP,
-        [*ONE_STEP, "hydra.mode=RUN", "optim.lr=3e-4"],
-        [*GAN_STEP, "seed=3", "trainer.ema=false"],
-    ],
-    ids=["defaults", "explicit-mode", "other-model"],
-)
-def test_one_composition_writes_what_two_did(run_main, tmp_path, args):
-    (code1, err1, files1, n1), (code2, err2, files2, n2) = _both_ways(run_main, tmp_path, *args)
-    assert code1 == code2 == 0, err1 + err2
-    assert (n1, n2) == (1, 2)
-    for name, text in files2.items():
-        diff = difflib.unified_diff(text.splitlines(), files1[name].splitlines(), lineterm="")
-        assert files1[name] == text, f"{name}:\n" + "\n".join(diff)
-    assert "mode: RUN" in files1["hydra.yaml"]
-
-
-@pytest.mark.parametrize(
-    "bad",
-    ["optim.lr=1e-3,3e-4", "model=vea", "trainer.nope=1"],
-    ids=["sweep-without-m", "unknown-model", "unknown-key"],
-)
-def test_errors_are_hydras_own(run_main, tmp_path, bad):
-    (code1, err1, _, _), (code2, err2, _, _) = _both_ways(run_main, tmp_path, *ONE_STEP, bad)
-    assert code1 == code2 == 2
-    assert err1 == err2 and err1.strip()
 
 
 def test_a_config_that_asks_for_a_sweep_still_sweeps(run_main, tmp_path):

@@ -31,7 +31,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from aigc_cli import startup
-from aigc_cli.cli import compose_once
 from aigc_cli.commands.sweep import resolve_sweep_dir
 from aigc_cli.config import OptimConfig, TrainerConfig
 from aigc_cli.errors import AigcError, UserExit
@@ -157,7 +156,6 @@ def _run(command: str, rest: list[str], full_error: bool) -> None:
             rest = [_quoted_prompt(a) for a in rest]
         if command == "eval":
             rest = [_eval_dataset(a) for a in rest]
-        compose_once.install()
         sys.argv = [f"aigc-{command}", *rest]
         APPS[command]()
     except KeyboardInterrupt:

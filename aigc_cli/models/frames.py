@@ -32,8 +32,9 @@ NOTES = ("independent", "ordered")
 
 @MODELS.register("frames")
 class FrameModel(GenerativeModel):
-    """Music frames given the frames before: a transformer or an LSTM over the past, then
-    independent or pitch-ordered notes."""
+    """Music frames given the past (a transformer or an LSTM), notes independent or in order.
+
+    `notes=ordered` draws each frame's notes low to high: an exact frame likelihood."""
 
     data_kinds = ("frames",)
 

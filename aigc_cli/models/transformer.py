@@ -160,8 +160,9 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
 
 @MODELS.register("transformer")
 class Transformer(GenerativeModel):
-    """GPT-style decoder-only Transformer for text, or for images as pixel sequences, with
-    KV-cache sampling."""
+    """GPT-style decoder-only Transformer for text, music tokens or images as pixel sequences.
+
+    Samples with a KV cache; prompts of different lengths share a batch."""
 
     data_kinds = ("text", "image")
 
