@@ -484,6 +484,40 @@ def test_ordered_frame_model_is_a_distribution_over_every_set_of_notes(backbone)
     assert torch.all((counts / n - p).abs() <= 4 * (p * (1 - p) / n).sqrt() + 1e-3)
 
 
+def test_pitch_window_reads_only_the_past_is_shift_equivariant_and_is_what_the_sampler_draws():
+    """model.pitch_window: logits at step t move with frames before t only; the term it adds
+    moves with the keys when the past is transposed; and the sampler's note frequencies at step 2
+    equal the mean of the model's own probabilities given each drawn past (20000 draws)."""
+    from aigc_cli.build import build_model
+    from aigc_cli.data.base import DataSpec
+
+    torch.manual_seed(0)
+    cfg = {"name": "frames", "backbone": "lstm", "n_layer": 1, "n_embd": 16, "pitch_window": 2}
+    model = build_model(cfg, DataSpec("frames", [6, 24])).eval()
+    for p in model.local.parameters():
+        torch.nn.init.normal_(p, 0.0, 2.0)  # make the term large enough to matter
+    x = (torch.rand(2, 6, 24) < 0.3).float()
+    base = model(x)
+    for t in range(6):
+        y = x.clone()
+        y[:, t] = 1 - y[:, t]
+        changed = (model(y) - base).abs().amax(dim=(0, 2)) > 1e-6
+        assert not changed[: t + 1].any() and changed[t + 1 :].all()
+    past = torch.zeros(1, 5, 24)
+    past[0, :, 8] = past[0, 1:, 11] = 1.0
+    local = model.independent_logits(torch.zeros(1, 5, 16), past)  # the local term alone
+    shifted = model.independent_logits(torch.zeros(1, 5, 16), past.roll(3, dims=2))
+    bias = model.head.bias
+    assert torch.allclose((shifted - bias)[..., 6:18], (local - bias)[..., 3:15], atol=1e-5)
+
+    n = 20000
+    drawn = model.sample(n, steps=3, generator=torch.Generator().manual_seed(1)).rolls
+    drawn = drawn.transpose(1, 2).float()  # (n, steps, keys)
+    p = model(drawn).sigmoid()[:, 2]  # each note's probability given the drawn past
+    freq, want = drawn[:, 2].mean(0), p.mean(0)
+    assert torch.all((freq - want).abs() <= 4 * (want * (1 - want) / n).sqrt() + 2e-3)
+
+
 @pytest.mark.slow
 def test_ordered_lstm_frames_train_sample_and_export_to_onnx(tmp_path):
     """The exact-likelihood LSTM through the command line, as a user runs it: trains on the

@@ -28,6 +28,9 @@ from aigc_cli.results import Music
 
 BACKBONES = ("transformer", "lstm")
 NOTES = ("independent", "ordered")
+# How many frames before a step the pitch-shift-equivariant term reads: one 4/4 bar on the quarter
+# grid, enough to see how long each note has been held.
+LOCAL_FRAMES = 4
 
 
 @MODELS.register("frames")
@@ -47,12 +50,16 @@ class FrameModel(GenerativeModel):
         n_head: int = 4  # attention heads (transformer)
         n_embd: int = 128  # width
         dropout: float = 0.1  # dropout in the blocks and before the head (0 at sampling)
+        pitch_window: int = 0  # semitones each side a pitch-shift-equivariant term reads (0: off)
 
     def __init__(self, cfg: Config, data: DataSpec) -> None:
         super().__init__(cfg, data)
         check(cfg.backbone in BACKBONES, "model.backbone", f"choose from: {', '.join(BACKBONES)}")
         check(cfg.notes in NOTES, "model.notes", f"choose from: {', '.join(NOTES)}")
         check(cfg.n_embd % cfg.n_head == 0, "model.n_embd", "must be a multiple of model.n_head")
+        check(cfg.pitch_window == 0 or cfg.notes == "independent", "model.pitch_window",
+              "works with model.notes=independent only; set it to 0")  # fmt: skip
+        check(cfg.pitch_window >= 0, "model.pitch_window", "must be >= 0")
         self.window, keys = data.shape
         self.keys = keys
         self.music = music_spec(data) or {}
@@ -69,6 +76,14 @@ class FrameModel(GenerativeModel):
                                 dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)  # fmt: skip
         if cfg.notes == "independent":
             self.head = nn.Linear(cfg.n_embd, keys)
+            # The same weights at every key: "a note held, or a step away from one, comes next"
+            # is learnt once for all 88 keys rather than per key from ~200 pieces.
+            w = cfg.pitch_window
+            self.local = nn.Sequential(
+                nn.Conv1d(LOCAL_FRAMES, cfg.n_embd // 8, 2 * w + 1, padding=w),
+                nn.GELU(),
+                nn.Conv1d(cfg.n_embd // 8, 1, 1),
+            ) if w else None  # fmt: skip
         else:  # one more class, "stop", after the keys; one more input, "start"
             self.below = nn.Embedding(keys + 2, cfg.n_embd)  # the note just drawn
             self.drawn = nn.Linear(keys, cfg.n_embd, bias=False)  # every note drawn so far
@@ -103,8 +118,21 @@ class FrameModel(GenerativeModel):
         t; ordered: → (B, T) each frame's negative log-likelihood given the frames before."""
         h = self.context(frames)
         if self.cfg.notes == "independent":
-            return self.head(h)
+            return self.independent_logits(h, frames)
         return self.ordered_nll(h, frames)
+
+    def independent_logits(self, h: Tensor, frames: Tensor) -> Tensor:
+        """(B, T, C) contexts and the (B, T, keys) frames → logits of each frame's notes; only
+        the frames before each step are read."""
+        logits = self.head(h)
+        if self.local is None:
+            return logits
+        b, t, keys = frames.shape
+        past = F.pad(frames, (0, 0, LOCAL_FRAMES, 0))  # zeros before the first frame
+        # (B, T, LOCAL_FRAMES, keys): at step t, frames t-LOCAL_FRAMES .. t-1
+        before = torch.stack([past[:, i : i + t] for i in range(LOCAL_FRAMES)], dim=2)
+        local = self.local(before.reshape(b * t, LOCAL_FRAMES, keys).to(logits.dtype))
+        return logits + local.reshape(b, t, keys)
 
     def note_logits(self, h: Tensor, below: Tensor, drawn: Tensor, rank: Tensor) -> Tensor:
         """Logits over the keys and "stop" of the next note of a frame, given the context `h`,
@@ -189,13 +217,13 @@ class FrameModel(GenerativeModel):
         check(1 <= steps <= self.window, "steps", f"{steps} must be in [1, {self.window}]")
         frames = torch.zeros(n, steps, self.keys, device=self.device)
         for t in range(steps):
-            h = self.context(frames[:, : t + 1])[:, t]  # (n, C)
+            h = self.context(frames[:, : t + 1])  # (n, t + 1, C)
             if self.cfg.notes == "independent":
-                p = self.head(h).sigmoid()  # (n, keys)
+                p = self.independent_logits(h, frames[:, : t + 1])[:, t].sigmoid()  # (n, keys)
                 u = torch.rand(p.shape, generator=generator).to(p.device)
                 frames[:, t] = (u < p).float()
             else:
-                frames[:, t] = self.draw_frame(h, generator)
+                frames[:, t] = self.draw_frame(h[:, t], generator)
         return self.as_music(frames.transpose(1, 2))  # (n, keys, steps)
 
     def draw_frame(self, h: Tensor, generator: torch.Generator | None) -> Tensor:
