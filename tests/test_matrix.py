@@ -27,6 +27,7 @@ from aigc_cli.registry import MODELS
 
 from .helpers import (
     CAPTIONED,
+    KIND_DATA,
     SMALL,
     Recorder,
     caption_folder,
@@ -92,6 +93,7 @@ VARIANTS: dict[str, list[str]] = {
     "diffusion@text": ["model.text=true", "model.text_width=16", "model.text_layers=1"],
     "flow@text": ["model.text=true", "model.text_width=16", "model.text_layers=1"],
     "flow@caption_folder": ["model.text=true", "model.text_width=16", "model.text_layers=1"],
+    "frames@voices": [],  # the data differ: four voices side by side (VARIANT_DATA)
 }
 
 
@@ -101,9 +103,17 @@ def folder_data() -> tuple[str, list[str]]:
                               "dataset.test_fraction=0.25", "dataset.workers=0"]  # fmt: skip
 
 
-# The data a variant needs instead of its kind's (text-to-image reads captions).
-VARIANT_DATA = {"diffusion@text": lambda: CAPTIONED, "flow@text": lambda: CAPTIONED,
-                "flow@caption_folder": folder_data}  # fmt: skip
+def voices_data() -> tuple[str, list[str]]:
+    name, args = KIND_DATA["frames"]
+    return name, [*args, "dataset.representation=voices"]  # the later override wins
+
+
+# The data kind and data a variant needs instead of its kind's (text-to-image reads captions;
+# four-part music keeps its voices).
+VARIANT_DATA = {"diffusion@text": ("image", lambda: CAPTIONED),
+                "flow@text": ("image", lambda: CAPTIONED),
+                "flow@caption_folder": ("image", folder_data),
+                "frames@voices": ("frames", voices_data)}  # fmt: skip
 
 
 def model_rows() -> list[str]:
@@ -112,7 +122,7 @@ def model_rows() -> list[str]:
     for variant in VARIANTS:
         family = variant.split("@")[0]
         rows += [f"{variant}:{k}" for m, k in model_kinds()
-                 if m == family and (variant not in VARIANT_DATA or k == "image")]  # fmt: skip
+                 if m == family and k == VARIANT_DATA.get(variant, (k,))[0]]  # fmt: skip
     return rows
 
 
@@ -137,7 +147,7 @@ def covering_cells() -> list[dict[str, Any]]:
 def compose(make_cfg, cell: dict[str, Any], *extra: str, steps: int = STEPS):
     """The cell's config: the tiny test config of its model and data, and its features."""
     row, kind = cell["model"].split(":")
-    data = VARIANT_DATA.get(row, lambda: data_of(family(cell), kind))
+    data = VARIANT_DATA.get(row, (kind, lambda: data_of(family(cell), kind)))[1]
     dataset, data_args = data()
     return make_cfg(*overrides(cell, steps), *data_args, *extra, model=family(cell),
                     dataset=dataset)  # fmt: skip

@@ -327,6 +327,8 @@ MUSIC_RUNS = {
     "diffusion": ["dataset.representation=roll", "model.base_channels=8", "model.steps=2",
                   "model.timesteps=20"],
     "vae": ["dataset.representation=roll", "model.latent_dim=4", "model.base_channels=8"],
+    "frames@voices": ["dataset.representation=voices", "dataset.window=16", "model.n_layer=1",
+                      "model.n_embd=32", "model.notes=ordered", "model.backbone=lstm"],
 }  # fmt: skip
 
 
@@ -337,7 +339,8 @@ def test_each_family_trains_on_music_and_writes_midi_wav_and_rolls(model, tmp_pa
     file written reads back in mido with notes, and TensorBoard holds the audio."""
     from .helpers import event_tags
 
-    args = [f"model={model}", "dataset=tunes", "dataset.pieces=40", *MUSIC_RUNS[model],
+    family = model.split("@")[0]
+    args = [f"model={family}", "dataset=tunes", "dataset.pieces=40", *MUSIC_RUNS[model],
             "trainer.max_steps=4", "trainer.batch_size=8", "trainer.sample_every=4",
             "trainer.eval_every=0", "trainer.progress=false", "trainer.device=cpu",
             "hydra.run.dir=run"]  # fmt: skip
@@ -436,6 +439,88 @@ def test_voice_ranges_by_hand():
             roll[pitch - 21, t] = True
     assert voice_range_violations(roll, 21) == (2, 4)
     assert music_stats([roll], 21)["voice_range_violations"] == pytest.approx(0.5)
+
+
+def test_voice_crossings_by_hand():
+    """Steps where each of the four voices sings one note count; a voice above the one over it
+    is a crossing, a unison is not."""
+    from aigc_cli.data.music import music_stats, voice_crossings
+
+    voices = torch.zeros(4, 88, 6, dtype=torch.bool)  # bass, tenor, alto, soprano
+    steps = [(40, 50, 60, 70),  # in order
+             (40, 62, 60, 70),  # the tenor above the alto: crossed
+             (40, 50, 65, 65),  # alto and soprano in unison: not crossed
+             (40, None, 60, 70),  # the tenor rests: not counted
+             ((40, 43), 50, 60, 70),  # two notes in the bass: not counted
+             (55, 50, 60, 58)]  # bass over tenor, alto over soprano: one step  # fmt: skip
+    for t, step in enumerate(steps):
+        for v, pitches in enumerate(step):
+            for pitch in () if pitches is None else (pitches if isinstance(pitches, tuple)
+                                                     else (pitches,)):  # fmt: skip
+                voices[v, pitch - 21, t] = True
+    assert voice_crossings(voices) == (2, 4)
+    stats = music_stats([voices.any(0)], 21, [voices])
+    assert stats["voice_crossings"] == pytest.approx(0.5)
+    assert "voice_crossings" not in music_stats([voices.any(0)], 21)  # no voices, no figure
+
+
+def test_voices_representation_keeps_each_voice_on_its_own_keyboard(tmp_path):
+    """representation=voices: each frame is four 88-key blocks, bass first, that together are
+    the piece's frame; the tunes' bass is always the lowest note; voices shift on their own."""
+    from aigc_cli.build import build_data
+    from aigc_cli.data.music import KEYS, shift_pitch
+
+    data = build_data({"name": "tunes", "representation": "voices", "window": 16})
+    plain = build_data({"name": "tunes", "representation": "frames", "window": 16})
+    assert data.spec.shape == [16, 4 * KEYS] and data.spec.extra["music"]["voices"] == 4
+    x = data.test[0].unflatten(2, (4, KEYS))  # (N, 16, 4, 88)
+    assert torch.equal(x.amax(2), plain.test[0])  # the voices together are the frames
+    assert torch.equal(x.sum(3), torch.ones_like(x.sum(3)) * (x.sum((2, 3)) > 0)[..., None])
+    low_note = plain.test[0].float().argmax(-1)  # each frame's lowest key
+    assert torch.equal(x[:, :, 0].float().argmax(-1), low_note)
+    assert data.reference["voice_crossings"] == 0.0  # the tunes' voices never cross
+    y = torch.zeros(1, 2 * 5)
+    y[0, 4] = y[0, 5] = 1  # the top key of voice 0, the bottom key of voice 1
+    assert shift_pitch(y, 1, 1, groups=2).nonzero().tolist() == [[0, 6]]  # no spill into voice 1
+    folder = _midi_folder(tmp_path / "midi", n=12)
+    with pytest.raises(ConfigError, match="representation=voices needs four-part pieces"):
+        build_data({"name": "midi_folder", "path": str(folder), "representation": "voices",
+                    "window": 16})  # fmt: skip
+
+
+def test_four_part_samples_write_each_voice_on_its_own_channel():
+    """A voiced sample's MIDI file: each voice's notes on its channel (bass on 0), and a unison
+    of alto and soprano stays two notes, as mido reads them back."""
+    voices = torch.zeros(1, 4, 88, 3, dtype=torch.bool)
+    for v, pitch in enumerate((48, 55, 64, 64)):  # alto and soprano on E4
+        voices[0, v, pitch - 21, :2] = True
+    voices[0, 3, 67 - 21, 2] = True  # then the soprano moves to G4 alone
+    music = Music(rolls=voices.any(1), voices=voices)
+    f = mido.MidiFile(file=io.BytesIO(midi_bytes(music.notes(0), tempo=90)))
+    ons = sorted((m.channel, m.note) for m in f.tracks[0] if m.type == "note_on" and m.velocity)
+    assert ons == [(0, 48), (1, 55), (2, 64), (3, 64), (3, 67)]
+    plain = Music(rolls=voices.any(1))  # no voices: the unison is one note on channel 0
+    f = mido.MidiFile(file=io.BytesIO(midi_bytes(plain.notes(0), tempo=90)))
+    assert {m.channel for m in f.tracks[0] if m.type == "note_on"} == {0}
+    assert len([m for m in f.tracks[0] if m.type == "note_on" and m.velocity]) == 4
+
+
+def test_chorale_parts_become_voices_bass_first():
+    """music21 lists a chorale's parts soprano first; aigc counts voices from the bass."""
+    stream = pytest.importorskip("music21.stream")
+    note = pytest.importorskip("music21.note")
+    from aigc_cli.data.chorales import chorale_notes
+
+    score = stream.Score()
+    for pitch in ("C5", "E4", "G3", "C3"):  # soprano, alto, tenor, bass
+        part = stream.Part()
+        part.append(note.Note(pitch, quarterLength=2.0))
+        score.insert(0, part)
+    notes = sorted(chorale_notes(score), key=lambda n: n.voice)
+    assert [(n.pitch, n.voice) for n in notes] == [(48, 0), (55, 1), (64, 2), (72, 3)]
+    piece = piece_from_notes("x", notes, 1.0, transpose=False)
+    assert piece.voices[0, 48 - 21].all() and piece.voices[3, 72 - 21].all()
+    assert piece.voices.sum().item() == 8  # four voices, two steps each
 
 
 def test_transposed_training_windows_resume_exactly_and_keep_the_test_split():

@@ -12,13 +12,12 @@ from torch import Tensor
 from aigc_cli.console import console
 from aigc_cli.data.base import DataModule
 from aigc_cli.data.cache import cached
-from aigc_cli.data.music import GRIDS, MusicConfig, Piece, music_data, piece_from_notes
+from aigc_cli.data.music import GRIDS, VOICES, MusicConfig, Piece, music_data, piece_from_notes
 from aigc_cli.errors import ConfigError, DataError, missing_music
 from aigc_cli.registry import DATASETS
 from aigc_cli.results.midi import Note
 
-CHORALES_VERSION = 2  # bump when the parsing below changes what it draws from the corpus
-VOICES = 4  # soprano, alto, tenor, bass: the chorales in four parts
+CHORALES_VERSION = 3  # bump when the parsing below changes what it draws from the corpus
 
 
 @dataclass
@@ -36,7 +35,8 @@ def chorales(cfg: ChoralesConfig) -> DataModule:
     names = json.loads(bytes(tensors["names"].tolist()).decode())
     lengths = tensors["lengths"].tolist()
     rolls = tensors["rolls"].bool().split(lengths, dim=1)
-    pieces = [Piece(n, r) for n, r in zip(names, rolls, strict=True)]
+    voices = tensors["voices"].bool().unflatten(0, (VOICES, -1)).split(lengths, dim=2)
+    pieces = [Piece(n, r, v) for n, r, v in zip(names, rolls, voices, strict=True)]
     return music_data(pieces, cfg, "the chorales")
 
 
@@ -56,8 +56,9 @@ def require_music21():
 
 
 def parse_corpus(cfg: MusicConfig) -> dict[str, Tensor]:
-    """Every four-part chorale of the installed corpus as one (88, total steps) roll, with each
-    piece's length and name (names as UTF-8 JSON bytes: the cache holds tensors only)."""
+    """Every four-part chorale of the installed corpus as one (88, total steps) roll and one
+    (4 × 88, total steps) roll of its voices, bass first, with each piece's length and name
+    (names as UTF-8 JSON bytes: the cache holds tensors only)."""
     # Deferred: music21 belongs to the optional `music` extra.
     from music21 import corpus
 
@@ -73,6 +74,7 @@ def parse_corpus(cfg: MusicConfig) -> dict[str, Tensor]:
         raise DataError("music21's corpus holds no four-part chorale", hint="reinstall music21")
     return {
         "rolls": torch.cat([p.roll for p in pieces], dim=1).to(torch.uint8),
+        "voices": torch.cat([p.voices.flatten(0, 1) for p in pieces], dim=1).to(torch.uint8),
         "lengths": torch.tensor([p.roll.shape[1] for p in pieces]),
         "names": torch.tensor(list(json.dumps([p.name for p in pieces]).encode())),
     }
@@ -80,14 +82,16 @@ def parse_corpus(cfg: MusicConfig) -> dict[str, Tensor]:
 
 def chorale_notes(score) -> list[Note]:
     """The notes of a chorale's four voices (empty for a chorale in another number of parts),
-    in quarter notes from its first beat; ties are merged into one note by music21."""
+    in quarter notes from its first beat, each with its voice (music21 lists the parts soprano
+    first; voices count from the bass); ties are merged into one note by music21."""
     if len(score.parts) != VOICES:
         return []
     notes = []
-    for part in score.parts:
+    for i, part in enumerate(score.parts):
         for n in part.stripTies().flatten().notes:
             for p in n.pitches:  # a chord in one voice: each of its pitches
                 duration = float(n.quarterLength)
                 if duration > 0:
-                    notes.append(Note(int(p.midi), float(n.offset), duration))
+                    notes.append(Note(int(p.midi), float(n.offset), duration,
+                                      voice=VOICES - 1 - i))  # fmt: skip
     return notes

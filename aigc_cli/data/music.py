@@ -3,6 +3,8 @@ grid, the split, transposition to C, and the representations the families train 
 
     roll          (1, pitches, window) images, pitch × time, 0/1: VAE, GAN, diffusion, flow
     frames        (window, 88) frame sequences with their lengths: the frame models
+    voices        (window, 4 × 88) the same with each voice on its own keys, bass first
+                  (four-part data): samples keep their voices
     frame_tokens  text: each frame its sounding pitches low to high, then a newline, so a
                   transformer over these tokens is an exact likelihood model of each frame
     events        text: each note as its pitch and duration where it starts, a newline per grid
@@ -34,14 +36,15 @@ from aigc_cli.data.base import (
 )
 from aigc_cli.data.music_features import feature_sets, mean_overlap
 from aigc_cli.data.text import TextData, make_tokenizer
-from aigc_cli.errors import DataError
+from aigc_cli.errors import ConfigError, DataError
 from aigc_cli.results import Music, SampleResult
 from aigc_cli.results.midi import Note
 from aigc_cli.results.music import notes_to_roll, roll_to_notes
 
 PIANO_LOW, KEYS = 21, 88  # A0 .. C8
 GRIDS = {"quarter": 1.0, "sixteenth": 0.25}  # quarter notes per grid step
-REPRESENTATIONS = ("roll", "frames", "frame_tokens", "events")
+REPRESENTATIONS = ("roll", "frames", "voices", "frame_tokens", "events")
+VOICES = 4  # four-part data: bass, tenor, alto, soprano
 SPLITS = ("train", "valid", "test")
 MODES = ("major", "minor")  # the labels of piano-roll windows
 ROLL_LOW, ROLL_PITCHES = 36, 48  # roll images: C2 .. B5, the range of four-part chorales
@@ -78,13 +81,28 @@ def voice_range_violations(roll: Tensor, low: int) -> tuple[int, int]:
     return int(bad.sum()), len(frames)
 
 
-def music_stats(rolls: list[Tensor], low: int) -> dict[str, float]:
+def voice_crossings(voices: Tensor) -> tuple[int, int]:
+    """Of the steps of a (VOICES, pitches, steps) roll of voices, bass first, at which every
+    voice sings exactly one note: how many have a voice above the one over it (the tenor above
+    the alto, say; a unison is no crossing), and how many there are."""
+    one_each = (voices.sum(1) == 1).all(0)  # (steps,)
+    if not one_each.any():
+        return 0, 0
+    pitch = voices[:, :, one_each].float().argmax(1)  # (VOICES, n): each voice's row
+    crossed = (pitch[:-1] > pitch[1:]).any(0)
+    return int(crossed.sum()), int(one_each.sum())
+
+
+def music_stats(
+    rolls: list[Tensor], low: int, voices: list[Tensor] | None = None
+) -> dict[str, float]:
     """Statistics of pieces, each a (pitches, steps) roll, averaged over the pieces: notes per
     frame, the share of empty frames, the share of sounding note-steps in C major or C minor
     (whichever fits the piece better: the data are transposed to C); the entropy in bits of the
     pitch-class histogram of all pieces together; and of all four-note frames together, the
-    share with a voice out of its range (VOICE_RANGES)."""
-    per_piece, pooled, voices = [], torch.zeros(12), [0, 0]
+    share with a voice out of its range (VOICE_RANGES). With each piece's voices, also the
+    share of the steps where each voice sings one note that cross two voices."""
+    per_piece, pooled, ranges = [], torch.zeros(12), [0, 0]
     for roll in rolls:
         roll = roll.bool().cpu()
         frames = roll.sum(0).float()  # (steps,) notes sounding per frame
@@ -95,14 +113,18 @@ def music_stats(rolls: list[Tensor], low: int) -> dict[str, float]:
         key = max(hist[sorted(C_MAJOR)].sum().item(), hist[sorted(C_MINOR)].sum().item())
         per_piece.append([frames.mean().item(), (frames == 0).float().mean().item(), key / total])
         bad, four = voice_range_violations(roll, low)
-        voices[0] += bad
-        voices[1] += four
+        ranges[0] += bad
+        ranges[1] += four
     means = torch.tensor(per_piece).mean(0).tolist()
     p = pooled / pooled.sum().clamp(min=1)
     entropy = -(p[p > 0] * p[p > 0].log2()).sum().item()
-    return {"notes_per_frame": means[0], "empty_frames": means[1], "in_key": means[2],
-            "pitch_class_entropy": entropy,
-            "voice_range_violations": voices[0] / max(voices[1], 1)}  # fmt: skip
+    out = {"notes_per_frame": means[0], "empty_frames": means[1], "in_key": means[2],
+           "pitch_class_entropy": entropy,
+           "voice_range_violations": ranges[0] / max(ranges[1], 1)}  # fmt: skip
+    if voices is not None:
+        crossed, counted = (sum(c) for c in zip(*map(voice_crossings, voices), strict=True))
+        out["voice_crossings"] = crossed / max(counted, 1)
+    return out
 
 
 class MusicStats:
@@ -113,10 +135,13 @@ class MusicStats:
     features: dict[str, Tensor]  # Yang & Lerch's features of the test pieces
     pieces: dict[str, list[Piece]]  # each split's pieces, the source of prompts
 
-    def set_reference(self, test: list[Tensor], valid: list[Tensor], low: int) -> None:
-        """The test pieces' statistics and features, and as the ceiling of the overlapping area,
-        the same figure for the validation pieces (when there are two or more)."""
-        self.reference = music_stats(test, low)
+    def set_reference(
+        self, test: list[Tensor], valid: list[Tensor], low: int, voices: list[Tensor] | None = None
+    ) -> None:
+        """The test pieces' statistics (with their voices, if given) and features, and as the
+        ceiling of the overlapping area, the same figure for the validation pieces (when there
+        are two or more)."""
+        self.reference = music_stats(test, low, voices)
         self.features = feature_sets(test, low)
         if len(valid) > 1:
             ceiling = mean_overlap(self.features, feature_sets(valid, low))
@@ -126,7 +151,8 @@ class MusicStats:
         assert isinstance(samples, Music), "music data gets music samples"
         # pieces of different lengths come padded with silence: trailing silence is not theirs
         rolls = [trim_silence(r) for r in samples.rolls]
-        stats = music_stats(rolls, samples.low)
+        voices = None if samples.voices is None else list(samples.voices)
+        stats = music_stats(rolls, samples.low, voices)
         overlap = mean_overlap(self.features, feature_sets(rolls, samples.low))
         stats["overlap_area"] = overlap["mean"]
         return {**{f"samples_{k}": v for k, v in stats.items()},
@@ -135,7 +161,7 @@ class MusicStats:
 
 @dataclass
 class MusicConfig:
-    representation: str = "roll"  # roll | frames | frame_tokens | events
+    representation: str = "roll"  # roll | frames | voices | frame_tokens | events
     grid: str = "quarter"  # quarter | sixteenth: the length of one time step
     transpose: bool = True  # each piece to C major or C minor (estimated key)
     window: int = 48  # roll: steps per image (square with 48 pitches); frames: frames per window
@@ -150,6 +176,7 @@ class MusicConfig:
 class Piece:
     name: str
     roll: Tensor  # (88, steps) bool, row 0 = A0
+    voices: Tensor | None = None  # (VOICES, 88, steps) bool, bass first: four-part data only
 
     @property
     def split(self) -> str:
@@ -167,7 +194,11 @@ def piece_from_notes(name: str, notes: list[Note], step: float, transpose: bool)
     if steps == 0:
         return None
     roll = notes_to_roll(notes, PIANO_LOW, KEYS, steps, step)
-    return Piece(name, roll) if roll.any() else None
+    voices = None
+    if notes and {n.voice for n in notes} <= set(range(VOICES)):
+        voices = torch.stack([notes_to_roll([n for n in notes if n.voice == v], PIANO_LOW, KEYS,
+                                            steps, step) for v in range(VOICES)])  # fmt: skip
+    return Piece(name, roll, voices) if roll.any() else None
 
 
 def transposition(notes: list[Note]) -> int:
@@ -212,7 +243,7 @@ def music_data(pieces: list[Piece], cfg: MusicConfig, source: str) -> DataModule
           f"'{cfg.representation}'; choose from: {', '.join(REPRESENTATIONS)}")  # fmt: skip
     check(cfg.grid in GRIDS, "dataset.grid", f"'{cfg.grid}'; choose from: {', '.join(GRIDS)}")
     bar = bar_steps(cfg.grid)
-    if cfg.representation in ("roll", "frames"):
+    if cfg.representation in ("roll", "frames", "voices"):
         check(cfg.window >= bar, "dataset.window",
               f"{cfg.window} steps is shorter than one 4/4 bar on the {cfg.grid} grid "
               f"({bar} steps); use dataset.window={bar} or more")  # fmt: skip
@@ -230,7 +261,7 @@ def music_data(pieces: list[Piece], cfg: MusicConfig, source: str) -> DataModule
         "low": PIANO_LOW, "pitches": KEYS, "pieces": {s: len(parts[s]) for s in SPLITS},
         "transpose": cfg.transpose,
     }  # fmt: skip
-    make = {"roll": roll_data, "frames": frame_data}.get(cfg.representation)
+    make = {"roll": roll_data, "frames": frame_data, "voices": frame_data}.get(cfg.representation)
     data = make(parts, cfg, music) if make else token_data(parts, cfg, music, source)
     data.pieces = parts
     return data
@@ -286,26 +317,39 @@ def roll_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> T
 
 
 def frame_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> TensorData:
-    """(window, 88) frame sequences, a piece cut into windows, with each window's length."""
+    """(window, 88) frame sequences, a piece cut into windows, with each window's length; for
+    `voices`, (window, 4 × 88): each voice's 88 keys side by side, bass first."""
+    voiced = cfg.representation == "voices"
+    if voiced and any(p.voices is None for ps in parts.values() for p in ps):
+        raise ConfigError(
+            "dataset.representation=voices needs four-part pieces that keep their voices",
+            hint="use dataset=chorales or dataset=tunes, or dataset.representation=frames",
+        )
+    width = VOICES * KEYS if voiced else KEYS
 
     def windows(pieces: list[Piece]) -> tuple[Tensor, Tensor]:
         xs, lengths = [], []
         for p in pieces:
-            frames = p.roll.t()  # (steps, 88)
+            frames = (p.voices.flatten(0, 1) if voiced else p.roll).t()  # (steps, width)
             for start in range(0, frames.shape[0], cfg.window):
                 chunk = frames[start : start + cfg.window]
-                w = torch.zeros(cfg.window, KEYS, dtype=torch.uint8)
+                w = torch.zeros(cfg.window, width, dtype=torch.uint8)
                 w[: chunk.shape[0]] = chunk.to(torch.uint8)
                 xs.append(w)
                 lengths.append(chunk.shape[0])
         return torch.stack(xs), torch.tensor(lengths)
 
     train, test = windows(parts["train"]), windows(parts["test"])
-    spec = DataSpec(kind="frames", shape=[cfg.window, KEYS], binary=True, extra={"music": music})
+    music = {**music, "voices": VOICES} if voiced else music
+    spec = DataSpec(kind="frames", shape=[cfg.window, width], binary=True, extra={"music": music})
     data = FrameData(spec, train, test)
-    data.augment = cfg.augment
-    data.set_reference([p.roll for p in parts["test"]], [p.roll for p in parts["valid"]],
-                       PIANO_LOW)  # fmt: skip
+    data.augment, data.groups = cfg.augment, VOICES if voiced else 1
+    data.set_reference(
+        [p.roll for p in parts["test"]],
+        [p.roll for p in parts["valid"]],
+        PIANO_LOW,
+        [p.voices for p in parts["test"]] if voiced else None,
+    )
     return data
 
 
@@ -314,23 +358,28 @@ class Transposed(_EpochIterator):
     (at most ± `augment`; notes shifted off the keyboard drop). The shifts are drawn from the
     iterator's position, so a resumed run sees the same ones."""
 
-    def __init__(self, data: TensorData, batch_size: int, seed: int, augment: int, axis: int):
+    def __init__(
+        self, data: TensorData, batch_size: int, seed: int, augment: int, axis: int, groups: int
+    ) -> None:
         super().__init__(data, batch_size, seed)
-        self.augment, self.axis = augment, axis
+        self.augment, self.axis, self.groups = augment, axis, groups
 
     def __next__(self) -> Batch:
         x, y = super().__next__()
         g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 100_003 + self.pos)
         shifts = torch.randint(-self.augment, self.augment + 1, (x.shape[0],), generator=g)
         return torch.stack(
-            [shift_pitch(w, int(k), self.axis) for w, k in zip(x, shifts, strict=True)]
+            [shift_pitch(w, int(k), self.axis, self.groups) for w, k in zip(x, shifts, strict=True)]
         ), y
 
 
-def shift_pitch(x: Tensor, k: int, axis: int) -> Tensor:
-    """`x` moved k steps along `axis` (pitch), zeros shifted in."""
+def shift_pitch(x: Tensor, k: int, axis: int, groups: int = 1) -> Tensor:
+    """`x` moved k steps along `axis` (pitch), zeros shifted in; with `groups`, the axis holds
+    that many keyboards side by side (voices), each shifted on its own."""
     if k == 0:
         return x
+    if groups > 1:
+        return shift_pitch(x.unflatten(axis, (groups, -1)), k, axis + 1).flatten(axis, axis + 1)
     out = torch.zeros_like(x)
     n = x.shape[axis]
     src = x.narrow(axis, max(0, -k), n - abs(k))
@@ -344,11 +393,12 @@ class MusicTensors(MusicStats, TensorData):
 
     augment = 0
     pitch_axis = 0  # the pitch axis of one sample
+    groups = 1  # keyboards side by side on the pitch axis (voices)
 
     def train_iter(self, batch_size: int, seed: int) -> BatchIterator:
         if not self.augment:
             return super().train_iter(batch_size, seed)
-        return Transposed(self, batch_size, seed, self.augment, self.pitch_axis)
+        return Transposed(self, batch_size, seed, self.augment, self.pitch_axis, self.groups)
 
 
 class RollData(MusicTensors):

@@ -45,8 +45,8 @@ def tune(name: str, cfg: TunesConfig, g: torch.Generator) -> Piece | None:
         bass = 36 + triad[0]
         # the soprano: the chord tone nearest the previous one
         top = min((60 + c + 12 * o for c in triad for o in (0, 1)), key=lambda p: abs(p - top))
-        for pitch in (bass, 48 + triad[1] % 12, 60 + triad[2] % 12, top):
-            notes.append(Note(pitch, float(t), float(hold)))
+        for voice, pitch in enumerate((bass, 48 + triad[1] % 12, 60 + triad[2] % 12, top)):
+            notes.append(Note(pitch, float(t), float(hold), voice=voice))
         nexts = PROGRESSION.get(degree, [0])
         degree = nexts[int(torch.randint(len(nexts), (1,), generator=g))]
         t += hold

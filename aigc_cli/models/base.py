@@ -204,11 +204,16 @@ class GenerativeModel(TrainedModel):
         return {}
 
     def as_music(self, rolls: Tensor, sampler: str = "", nfe: int | None = None) -> Music:
-        """(N, pitches, steps) rolls of music data as Music, on the data's grid and pitches."""
+        """(N, pitches, steps) rolls of music data as Music, on the data's grid and pitches;
+        for voiced data, (N, voices × pitches, steps), each voice's keys side by side."""
         m = music_spec(self.spec) or {}
-        return Music(rolls=rolls.bool().cpu(), low=int(m.get("low", 21)),
-                     step=float(m.get("step", 1.0)), tempo=float(m.get("tempo", 90.0)),
-                     sampler=sampler, nfe=nfe)  # fmt: skip
+        rolls, voices = rolls.bool().cpu(), None
+        if m.get("voices"):
+            voices = rolls.unflatten(1, (int(m["voices"]), -1))
+            rolls = voices.any(1)
+        return Music(rolls=rolls, low=int(m.get("low", 21)), step=float(m.get("step", 1.0)),
+                     tempo=float(m.get("tempo", 90.0)), voices=voices, sampler=sampler,
+                     nfe=nfe)  # fmt: skip
 
     def to_signed(self, x: Tensor) -> Tensor:
         """Images from [0, 1] to the [-1, 1] the networks work in; other data as it is."""

@@ -31,6 +31,7 @@ class Music(SampleResult):
     step: float = 1.0  # quarter notes per grid step (1 = quarter grid, 0.25 = sixteenths)
     tempo: float = 90.0  # quarter notes per minute, for the MIDI files and the audio
     soundfont: str | None = None  # FluidSynth renders the audio with it; None = built-in synth
+    voices: Tensor | None = None  # (N, 4, pitches, steps) bool, bass first: four-part samples
 
     suffix = ""  # a folder: <stem>/00.mid, 00.wav, ..., rolls.png
 
@@ -44,7 +45,12 @@ class Music(SampleResult):
         return self.rolls.float().unsqueeze(1)
 
     def notes(self, i: int) -> list[Note]:
-        return roll_to_notes(self.rolls[i], self.low, self.step)
+        """Sample i's notes; four-part samples' notes carry their voice."""
+        if self.voices is None:
+            return roll_to_notes(self.rolls[i], self.low, self.step)
+        notes = [n._replace(voice=v) for v, roll in enumerate(self.voices[i])
+                 for n in roll_to_notes(roll, self.low, self.step)]  # fmt: skip
+        return sorted(notes, key=lambda n: (n.start, n.pitch, n.voice))
 
     def audio(self, i: int) -> Tensor:
         """Sample i rendered to mono audio in [-1, 1] at SAMPLE_RATE."""
