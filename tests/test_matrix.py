@@ -90,6 +90,7 @@ def cell_id(cell: dict[str, Any]) -> str:
 # each a row of the matrix of its own: "family@variant".
 VARIANTS: dict[str, list[str]] = {
     "frames@ordered_lstm": ["model.backbone=lstm", "model.notes=ordered"],
+    "frames@pitch_window": ["model.backbone=lstm", "model.pitch_window=2"],
     "diffusion@text": ["model.text=true", "model.text_width=16", "model.text_layers=1"],
     "flow@text": ["model.text=true", "model.text_width=16", "model.text_layers=1"],
     "flow@caption_folder": ["model.text=true", "model.text_width=16", "model.text_layers=1"],
