@@ -122,8 +122,8 @@ def music_stats(
            "pitch_class_entropy": entropy,
            "voice_range_violations": ranges[0] / max(ranges[1], 1)}  # fmt: skip
     if voices is not None:
-        crossed, counted = (sum(c) for c in zip(*map(voice_crossings, voices), strict=True))
-        out["voice_crossings"] = crossed / max(counted, 1)
+        counts = [voice_crossings(v) for v in voices]
+        out["voice_crossings"] = sum(c for c, _ in counts) / max(sum(n for _, n in counts), 1)
     return out
 
 
