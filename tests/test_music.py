@@ -355,6 +355,12 @@ def test_each_family_trains_on_music_and_writes_midi_wav_and_rolls(model, tmp_pa
     assert len(mids) == 2 and (tmp_path / "listen" / "00.wav").is_file()
     for mid in mids:
         mido.MidiFile(str(mid))  # a standard MIDI file
+    if model == "frames@voices":  # samples keep their voices: channels, and crossings scored
+        channels = {m.channel for mid in mids for m in mido.MidiFile(str(mid)).tracks[0]
+                    if m.type == "note_on"}  # fmt: skip
+        assert channels <= {0, 1, 2, 3} and len(channels) > 1
+        record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+        assert {"test/samples_voice_crossings", "test/real_voice_crossings"} <= set(record)
     # an export carries the representation: loaded alone, it gives the same notes
     out = run_cli("export", "run=run", "out=exported", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

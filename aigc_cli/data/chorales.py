@@ -34,9 +34,8 @@ def chorales(cfg: ChoralesConfig) -> DataModule:
     tensors = cached("chorales", key, CHORALES_VERSION, lambda: parse_corpus(cfg))
     names = json.loads(bytes(tensors["names"].tolist()).decode())
     lengths = tensors["lengths"].tolist()
-    rolls = tensors["rolls"].bool().split(lengths, dim=1)
     voices = tensors["voices"].bool().unflatten(0, (VOICES, -1)).split(lengths, dim=2)
-    pieces = [Piece(n, r, v) for n, r, v in zip(names, rolls, voices, strict=True)]
+    pieces = [Piece(n, v.any(0), v) for n, v in zip(names, voices, strict=True)]
     return music_data(pieces, cfg, "the chorales")
 
 
@@ -56,8 +55,8 @@ def require_music21():
 
 
 def parse_corpus(cfg: MusicConfig) -> dict[str, Tensor]:
-    """Every four-part chorale of the installed corpus as one (88, total steps) roll and one
-    (4 × 88, total steps) roll of its voices, bass first, with each piece's length and name
+    """Every four-part chorale of the installed corpus as one (4 × 88, total steps) roll of its
+    voices, bass first (the piece's roll is their union), with each piece's length and name
     (names as UTF-8 JSON bytes: the cache holds tensors only)."""
     # Deferred: music21 belongs to the optional `music` extra.
     from music21 import corpus
@@ -73,7 +72,6 @@ def parse_corpus(cfg: MusicConfig) -> dict[str, Tensor]:
     if not pieces:
         raise DataError("music21's corpus holds no four-part chorale", hint="reinstall music21")
     return {
-        "rolls": torch.cat([p.roll for p in pieces], dim=1).to(torch.uint8),
         "voices": torch.cat([p.voices.flatten(0, 1) for p in pieces], dim=1).to(torch.uint8),
         "lengths": torch.tensor([p.roll.shape[1] for p in pieces]),
         "names": torch.tensor(list(json.dumps([p.name for p in pieces]).encode())),

@@ -80,16 +80,16 @@ def _check_data(cfg: MetricsConfig, names: list[str], data: DataModule, music: b
             f"{', '.join(names)} compare images; this run's data is {spec.kind}",
             hint="use metrics for image and music models only (nll applies to every model)",
         )
-    if "coverage" in names and spec.num_classes < 2:
-        raise ConfigError(
-            "coverage needs a labelled dataset; this one has no classes",
-            hint="leave coverage out of the metrics",
-        )
     if music and ("prompts" in names or cfg.inception_weights):
         raise ConfigError(
             "music is compared in the features of a classifier of its piano-roll windows",
             hint="use metrics=[fid,kid,pr] with classifier=<a run of model=classifier "
             "dataset.representation=roll>",
+        )
+    if "coverage" in names and spec.num_classes < 2:
+        raise ConfigError(
+            "coverage needs a labelled dataset; this one has no classes",
+            hint="leave coverage out of the metrics",
         )
 
 
