@@ -502,9 +502,14 @@ def test_four_part_samples_write_each_voice_on_its_own_channel():
         voices[0, v, pitch - 21, :2] = True
     voices[0, 3, 67 - 21, 2] = True  # then the soprano moves to G4 alone
     music = Music(rolls=voices.any(1), voices=voices)
-    f = mido.MidiFile(file=io.BytesIO(midi_bytes(music.notes(0), tempo=90)))
+    data = midi_bytes(music.notes(0), tempo=90)
+    f = mido.MidiFile(file=io.BytesIO(data))
     ons = sorted((m.channel, m.note) for m in f.tracks[0] if m.type == "note_on" and m.velocity)
     assert ons == [(0, 48), (1, 55), (2, 64), (3, 64), (3, 67)]
+    symusic = pytest.importorskip("symusic")  # it reads the same notes, the unison twice
+    score = symusic.Score.from_midi(data, ttype="quarter")
+    got = sorted((n.pitch, n.time, n.duration) for t in score.tracks for n in t.notes)
+    assert got == [(48, 0, 2), (55, 0, 2), (64, 0, 2), (64, 0, 2), (67, 2, 1)]
     plain = Music(rolls=voices.any(1))  # no voices: the unison is one note on channel 0
     f = mido.MidiFile(file=io.BytesIO(midi_bytes(plain.notes(0), tempo=90)))
     assert {m.channel for m in f.tracks[0] if m.type == "note_on"} == {0}
