@@ -91,6 +91,11 @@ def cell_id(cell: dict[str, Any]) -> str:
 VARIANTS: dict[str, list[str]] = {
     "frames@ordered_lstm": ["model.backbone=lstm", "model.notes=ordered"],
     "frames@pitch_window": ["model.backbone=lstm", "model.pitch_window=2"],
+    "frames@ensemble": [
+        "model.backbone=lstm",
+        "model.n_layer=1",
+        "model.members=[{weight_drop: 0.5},{pitch_window: 2, pitch_frames: 8}]",
+    ],
     "diffusion@text": ["model.text=true", "model.text_width=16", "model.text_layers=1"],
     "flow@text": ["model.text=true", "model.text_width=16", "model.text_layers=1"],
     "flow@caption_folder": ["model.text=true", "model.text_width=16", "model.text_layers=1"],

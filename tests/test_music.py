@@ -614,6 +614,115 @@ def test_pitch_window_reads_only_the_past_is_shift_equivariant_and_is_what_the_s
     assert torch.all((freq - want).abs() <= 4 * (want * (1 - want) / n).sqrt() + 2e-3)
 
 
+def test_pitch_frames_reach_exactly_that_far_back_and_move_with_the_keys():
+    """model.pitch_frames=16: the term at step t reads frames t-16 .. t-1 and no others, and a
+    past shifted by k keys shifts the term by k keys (away from the keyboard's edges)."""
+    from aigc_cli.build import build_model
+    from aigc_cli.data.base import DataSpec
+
+    torch.manual_seed(0)
+    cfg = {"name": "frames", "backbone": "lstm", "n_embd": 16, "pitch_window": 2,
+           "pitch_frames": 16}  # fmt: skip
+    term = build_model(cfg, DataSpec("frames", [40, 30])).eval().local
+    assert [c.dilation[0] for c in term.blocks] == [4, 8]  # 4 + 4 + 8 = 16 frames
+    for p in term.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.5)
+    prev = (torch.rand(1, 40, 30) < 0.3).float()  # row t: the frame before step t
+    base = term(prev)
+    for s in (5, 20):  # flip frame s, which is row s + 1 of `prev`
+        y = prev.clone()
+        y[:, s + 1] = 1 - y[:, s + 1]
+        changed = (term(y) - base).abs().amax(dim=(0, 2)) > 1e-6
+        assert changed.nonzero()[:, 0].tolist() == list(range(s + 1, min(40, s + 17)))
+    shifted = term(prev.roll(3, dims=2))
+    assert torch.allclose(shifted[..., 12:20], base[..., 9:17], atol=1e-5)
+
+
+def test_weight_drop_masks_the_recurrent_weights_once_per_batch():
+    """model.weight_drop: a training pass equals nn.LSTM run with its recurrent weights times
+    the dropout mask (drawn from the same seed), the same mask at every step; eval passes are
+    the plain LSTM."""
+    from aigc_cli.build import build_model
+    from aigc_cli.data.base import DataSpec
+
+    cfg = {"name": "frames", "backbone": "lstm", "n_layer": 1, "n_embd": 8, "dropout": 0.0,
+           "weight_drop": 0.5}  # fmt: skip
+    model = build_model(cfg, DataSpec("frames", [7, 12]))
+    x = torch.relu(torch.randn(3, 7, 8))
+    torch.manual_seed(5)
+    dropped = model.train().lstm_weight_dropped(x)
+    torch.manual_seed(5)
+    mask = torch.nn.functional.dropout(torch.ones_like(model.lstm.weight_hh_l0), 0.5)
+    assert 0.3 < (mask == 0).float().mean() < 0.7
+    plain = torch.nn.LSTM(8, 8, batch_first=True)
+    plain.load_state_dict(model.lstm.state_dict())
+    with torch.no_grad():
+        plain.weight_hh_l0.mul_(mask)
+    assert torch.allclose(dropped, plain(x)[0], atol=1e-6)
+    assert not torch.allclose(dropped, model.lstm(x)[0], atol=1e-3)
+    frames = (torch.rand(2, 7, 12) < 0.3).float()
+    model.eval()
+    assert torch.equal(model(frames), model(frames))
+
+
+def test_an_ensemble_averages_its_members_probabilities_and_trains_each_on_its_own_loss():
+    """model.members: the ensemble's note probabilities are the mean of its members' (by hand),
+    its loss the mean of theirs with each member's gradient that of its own loss alone, and the
+    sampler draws what the ensemble scores (20000 draws)."""
+    from aigc_cli.build import build_model
+    from aigc_cli.data.base import DataSpec
+
+    torch.manual_seed(0)
+    cfg = {"name": "frames", "backbone": "lstm", "n_embd": 16, "dropout": 0.0,
+           "members": [{"pitch_window": 2}, {"n_embd": 8, "pitch_window": 2,
+                                             "pitch_frames": 8}]}  # fmt: skip
+    model = build_model(cfg, DataSpec("frames", [6, 24])).eval()
+    first, second = model.members
+    assert (first.cfg.n_embd, second.cfg.n_embd, second.cfg.pitch_frames) == (16, 8, 8)
+    for m in model.members:
+        torch.nn.init.normal_(m.head.bias, 0.0, 2.0)  # members that disagree
+    x = (torch.rand(2, 6, 24) < 0.3).float()
+    p1, p2 = torch.sigmoid(first(x)), torch.sigmoid(second(x))
+    assert torch.allclose(torch.sigmoid(model(x)), (p1 + p2) / 2, atol=1e-6)
+
+    batch = (x, torch.tensor([6, 4]))
+    (stage,) = model.training_step(batch, 0)
+    own = [m.mean_nll(batch) for m in model.members]
+    assert stage.loss.item() == pytest.approx((own[0].item() + own[1].item()) / 2, rel=1e-6)
+    stage.loss.backward()
+    together = first.head.weight.grad.clone()
+    first.zero_grad()
+    own[0].backward()
+    assert torch.allclose(together, first.head.weight.grad / 2, atol=1e-7)
+
+    n = 20000
+    drawn = model.sample(n, steps=3, generator=torch.Generator().manual_seed(1)).rolls
+    drawn = drawn.transpose(1, 2).float()
+    want = model(drawn).sigmoid()[:, 2].mean(0)
+    freq = drawn[:, 2].mean(0)
+    assert torch.all((freq - want).abs() <= 4 * (want * (1 - want) / n).sqrt() + 2e-3)
+
+
+def test_bad_ensembles_and_weight_drop_are_one_line_each():
+    from aigc_cli.build import build_model
+    from aigc_cli.data.base import DataSpec
+
+    spec = DataSpec("frames", [6, 24])
+    bad = [
+        ({"members": [{"n_embed": 8}]}, r"unknown config key 'model.members.n_embed'.*n_embd"),
+        ({"members": [{"notes": "ordered"}]}, "members have independent notes"),
+        ({"notes": "ordered", "members": [{}]}, "averages independent notes"),
+        ({"members": [{"members": [{}]}]}, "cannot hold members"),
+        ({"members": [3]}, "each entry is a mapping"),
+        ({"weight_drop": 0.5}, "set model.backbone=lstm"),
+        ({"backbone": "lstm", "weight_drop": 1.0}, r"must be in \[0, 1\)"),
+        ({"pitch_frames": 2}, "must be >= 4"),
+    ]
+    for settings, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            build_model({"name": "frames", **settings}, spec)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("head", [["model.notes=ordered"], ["model.pitch_window=3"]],
                          ids=["ordered", "pitch_window"])  # fmt: skip

@@ -3,21 +3,22 @@ it: a causal transformer or an LSTM reads the past, then either each of the 88 n
 Bernoulli probability (`notes=independent`, as the RNN, LSTM and TCN baselines of the JSB
 Chorales benchmark) or the notes of the frame are drawn low to high, each given the past and the
 notes below it, until a stop (`notes=ordered`, an exact likelihood of the whole frame, as RNN-NADE
-models it). The test figure is the frame negative log-likelihood in nats per time step (88 fair
-coins: 61.00)."""
+models it). `members` makes an ensemble of such models with independent notes, each trained on
+its own loss, whose note probabilities are averaged: the notes stay independent. The test figure
+is the frame negative log-likelihood in nats per time step (88 fair coins: 61.00)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aigc_cli.config import check
+from aigc_cli.config import check, validate
 from aigc_cli.data.base import Batch, DataSpec
 from aigc_cli.data.music import music_spec
 from aigc_cli.models.base import GenerativeModel, OnnxGraph, Stage
@@ -28,9 +29,12 @@ from aigc_cli.results import Music
 
 BACKBONES = ("transformer", "lstm")
 NOTES = ("independent", "ordered")
-# How many frames before a step the pitch-shift-equivariant term reads: one 4/4 bar on the quarter
-# grid, enough to see how long each note has been held.
+# How many frames before a step the pitch-shift-equivariant term's first layer reads: one 4/4 bar
+# on the quarter grid, enough to see how long each note has been held.
 LOCAL_FRAMES = 4
+# Dropout inside the pitch term's deeper layers, as a share of model.dropout: its weights are
+# shared by all 88 keys, so it needs far less than the backbone.
+PITCH_DROPOUT = 0.2
 
 
 @MODELS.register("frames")
@@ -51,18 +55,30 @@ class FrameModel(GenerativeModel):
         n_embd: int = 128  # width
         dropout: float = 0.1  # dropout in the blocks and before the head (0 at sampling)
         pitch_window: int = 0  # semitones each side a pitch-shift-equivariant term reads (0: off)
+        pitch_frames: int = 4  # frames before a step that term reads (over 4: dilated layers)
+        weight_drop: float = 0.0  # LSTM: dropout on the recurrent weights while training
+        members: list[Any] = field(default_factory=list)  # ensemble: each entry overrides settings
 
     def __init__(self, cfg: Config, data: DataSpec) -> None:
         super().__init__(cfg, data)
         check(cfg.backbone in BACKBONES, "model.backbone", f"choose from: {', '.join(BACKBONES)}")
         check(cfg.notes in NOTES, "model.notes", f"choose from: {', '.join(NOTES)}")
         check(cfg.n_embd % cfg.n_head == 0, "model.n_embd", "must be a multiple of model.n_head")
+        check(not cfg.members or cfg.notes == "independent", "model.members",
+              "averages independent notes; set model.notes=independent")  # fmt: skip
         check(cfg.pitch_window == 0 or cfg.notes == "independent", "model.pitch_window",
               "works with model.notes=independent only; set it to 0")  # fmt: skip
         check(cfg.pitch_window >= 0, "model.pitch_window", "must be >= 0")
+        check(cfg.pitch_frames >= LOCAL_FRAMES, "model.pitch_frames", f"must be >= {LOCAL_FRAMES}")
+        check(0.0 <= cfg.weight_drop < 1.0, "model.weight_drop", "must be in [0, 1)")
+        check(cfg.weight_drop == 0 or cfg.backbone == "lstm", "model.weight_drop",
+              "drops an LSTM's recurrent weights; set model.backbone=lstm")  # fmt: skip
         self.window, keys = data.shape
         self.keys = keys
         self.music = music_spec(data) or {}
+        self.members = nn.ModuleList(self.member(entry, data) for entry in cfg.members)
+        if cfg.members:
+            return
         self.inp = nn.Linear(keys, cfg.n_embd)
         self.start = nn.Parameter(torch.zeros(keys))  # the "frame before the first"
         self.drop = nn.Dropout(cfg.dropout)
@@ -78,12 +94,9 @@ class FrameModel(GenerativeModel):
             self.head = nn.Linear(cfg.n_embd, keys)
             # The same weights at every key: "a note held, or a step away from one, comes next"
             # is learnt once for all 88 keys rather than per key from ~200 pieces.
-            w = cfg.pitch_window
-            self.local = nn.Sequential(
-                nn.Conv1d(LOCAL_FRAMES, cfg.n_embd // 8, 2 * w + 1, padding=w),
-                nn.GELU(),
-                nn.Conv1d(cfg.n_embd // 8, 1, 1),
-            ) if w else None  # fmt: skip
+            w, channels = cfg.pitch_window, max(32, cfg.n_embd // 8)
+            drop = PITCH_DROPOUT * cfg.dropout
+            self.local = PitchTerm(w, cfg.pitch_frames, channels, drop) if w else None
         else:  # one more class, "stop", after the keys; one more input, "start"
             self.below = nn.Embedding(keys + 2, cfg.n_embd)  # the note just drawn
             self.drawn = nn.Linear(keys, cfg.n_embd, bias=False)  # every note drawn so far
@@ -100,22 +113,56 @@ class FrameModel(GenerativeModel):
                 if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
                     nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
 
+    def member(self, entry: Any, data: DataSpec) -> FrameModel:
+        """One member of an ensemble: these settings with the entry's overrides."""
+        check(isinstance(entry, dict), "model.members", "each entry is a mapping of settings, "
+              "e.g. model.members='[{n_embd: 256}, {pitch_window: 12}]'")  # fmt: skip
+        check("members" not in entry, "model.members", "a member cannot hold members")
+        shared = {k: v for k, v in asdict(self.cfg).items() if k != "members"}
+        cfg = validate("model.members", FrameModel.Config, {**shared, **entry})
+        check(cfg.notes == "independent", "model.members", "members have independent notes")
+        return FrameModel(cfg, data)
+
     def context(self, frames: Tensor) -> Tensor:
         """(B, T, keys) frames → (B, T, C): at t, what the backbone read of frames before t."""
         b, t, _ = frames.shape
         prev = torch.cat([self.start.expand(b, 1, -1), frames[:, :-1]], dim=1)  # (B, T, keys)
         x = self.inp(prev)
         if self.cfg.backbone == "lstm":
-            x, _ = self.lstm(self.drop(torch.relu(x)))
-            return self.drop(x)
+            x = self.drop(torch.relu(x))
+            if self.training and self.cfg.weight_drop:
+                return self.drop(self.lstm_weight_dropped(x))
+            return self.drop(self.lstm(x)[0])
         x = x + self.pos(torch.arange(t, device=frames.device))
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x)
 
+    def lstm_weight_dropped(self, x: Tensor) -> Tensor:
+        """The LSTM over `x` with dropout on its recurrent weights (DropConnect, as AWD-LSTM
+        regularises a small corpus): one mask per batch, the same at every step."""
+        lstm = self.lstm
+        params = []
+        for k in range(lstm.num_layers):
+            params += [getattr(lstm, f"weight_ih_l{k}"),
+                       F.dropout(getattr(lstm, f"weight_hh_l{k}"), self.cfg.weight_drop),
+                       getattr(lstm, f"bias_ih_l{k}"), getattr(lstm, f"bias_hh_l{k}")]  # fmt: skip
+        h0 = x.new_zeros(lstm.num_layers, x.shape[0], lstm.hidden_size)
+        # has_biases, num_layers, dropout between layers, train, bidirectional, batch_first
+        out = torch.lstm(x, (h0, h0), params, True, lstm.num_layers, lstm.dropout, True, False,
+                         True)  # fmt: skip
+        return out[0]
+
     def forward(self, frames: Tensor) -> Tensor:
         """independent: (B, T, keys) frames → (B, T, keys) logits of frame t given frames before
-        t; ordered: → (B, T) each frame's negative log-likelihood given the frames before."""
+        t; ordered: → (B, T) each frame's negative log-likelihood given the frames before. An
+        ensemble's logits are those of its members' mean probabilities."""
+        if len(self.members):
+            logits = torch.stack([m(frames).float() for m in self.members])
+            n = math.log(len(self.members))
+            on = torch.logsumexp(F.logsigmoid(logits), 0) - n  # log of the mean probability
+            off = torch.logsumexp(F.logsigmoid(-logits), 0) - n
+            return on - off
         h = self.context(frames)
         if self.cfg.notes == "independent":
             return self.independent_logits(h, frames)
@@ -127,12 +174,8 @@ class FrameModel(GenerativeModel):
         logits = self.head(h)
         if self.local is None:
             return logits
-        b, t, keys = frames.shape
-        past = F.pad(frames, (0, 0, LOCAL_FRAMES, 0))  # zeros before the first frame
-        # (B, T, LOCAL_FRAMES, keys): at step t, frames t-LOCAL_FRAMES .. t-1
-        before = torch.stack([past[:, i : i + t] for i in range(LOCAL_FRAMES)], dim=2)
-        local = self.local(before.reshape(b * t, LOCAL_FRAMES, keys).to(logits.dtype))
-        return logits + local.reshape(b, t, keys)
+        prev = F.pad(frames, (0, 0, 1, 0))[:, :-1]  # at step t, frame t - 1 (zeros before)
+        return logits + self.local(prev.to(logits.dtype))
 
     def note_logits(self, h: Tensor, below: Tensor, drawn: Tensor, rank: Tensor) -> Tensor:
         """Logits over the keys and "stop" of the next note of a frame, given the context `h`,
@@ -173,9 +216,16 @@ class FrameModel(GenerativeModel):
         return (nll * valid).sum(1), valid.sum(1).float()
 
     def training_step(self, batch: Batch, step: int, noise: Noise = LOCAL) -> Iterator[Stage]:
+        if len(self.members):  # each member on its own loss: averaged, they do not co-adapt
+            losses = [m.mean_nll(batch) for m in self.members]
+            scalars = {f"member{i}": loss.detach() for i, loss in enumerate(losses)}
+            yield Stage("model", torch.stack(losses).mean(), scalars)
+            return
+        yield Stage("model", self.mean_nll(batch), {})
+
+    def mean_nll(self, batch: Batch) -> Tensor:
         nll, frames = self.frame_nll(batch)
-        loss = nll.sum() / frames.sum()
-        yield Stage("model", loss, {})
+        return nll.sum() / frames.sum()
 
     @torch.no_grad()
     def evaluate(self, batch: Batch, **options: Any) -> dict[str, Tensor]:
@@ -217,13 +267,12 @@ class FrameModel(GenerativeModel):
         check(1 <= steps <= self.window, "steps", f"{steps} must be in [1, {self.window}]")
         frames = torch.zeros(n, steps, self.keys, device=self.device)
         for t in range(steps):
-            h = self.context(frames[:, : t + 1])  # (n, t + 1, C)
             if self.cfg.notes == "independent":
-                p = self.independent_logits(h, frames[:, : t + 1])[:, t].sigmoid()  # (n, keys)
+                p = self(frames[:, : t + 1])[:, t].sigmoid()  # (n, keys)
                 u = torch.rand(p.shape, generator=generator).to(p.device)
                 frames[:, t] = (u < p).float()
             else:
-                frames[:, t] = self.draw_frame(h[:, t], generator)
+                frames[:, t] = self.draw_frame(self.context(frames[:, : t + 1])[:, t], generator)
         return self.as_music(frames.transpose(1, 2))  # (n, keys, steps)
 
     def draw_frame(self, h: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -243,6 +292,31 @@ class FrameModel(GenerativeModel):
             frame[live, note[live]] = 1.0
             below = torch.where(live, note, below)
         return frame
+
+
+class PitchTerm(nn.Module):
+    """Logits from the frames before each step with the same weights at every key (shifting the
+    past by k keys shifts the term by k): a convolution over `window` keys each side and the
+    bar before the step, then dilated layers (4, 8, 16 … frames back) until it reads `frames`."""
+
+    def __init__(self, window: int, frames: int, channels: int, dropout: float) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(1, channels, (LOCAL_FRAMES, 2 * window + 1), padding=(0, window))
+        dilations, reach = [], LOCAL_FRAMES
+        while reach < frames:
+            dilations.append(reach)
+            reach *= 2
+        self.blocks = nn.ModuleList(nn.Conv2d(channels, channels, (2, 3), dilation=(d, 1),
+                                              padding=(0, 1)) for d in dilations)  # fmt: skip
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, prev: Tensor) -> Tensor:
+        """(B, T, keys): the frame before each step → (B, T, keys) logits; causal in time."""
+        x = F.gelu(self.first(F.pad(prev[:, None], (0, 0, LOCAL_FRAMES - 1, 0))))
+        for conv in self.blocks:
+            x = x + F.gelu(conv(self.drop(F.pad(x, (0, 0, conv.dilation[0], 0)))))
+        return self.out(x)[:, 0]
 
 
 class _TracedScores(nn.Module):
