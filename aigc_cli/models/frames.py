@@ -55,7 +55,7 @@ class FrameModel(GenerativeModel):
         n_embd: int = 128  # width
         dropout: float = 0.1  # dropout in the blocks and before the head (0 at sampling)
         pitch_window: int = 0  # semitones each side a pitch-shift-equivariant term reads (0: off)
-        pitch_frames: int = 4  # frames before a step that term reads (over 4: dilated layers)
+        pitch_frames: int = 4  # frames that term reads back (over 4: dilated layers, up to 8, 16 …)
         weight_drop: float = 0.0  # LSTM: dropout on the recurrent weights while training
         members: list[Any] = field(default_factory=list)  # ensemble: each entry overrides settings
 
@@ -94,6 +94,7 @@ class FrameModel(GenerativeModel):
             self.head = nn.Linear(cfg.n_embd, keys)
             # The same weights at every key: "a note held, or a step away from one, comes next"
             # is learnt once for all 88 keys rather than per key from ~200 pieces.
+            # an eighth of the width, but at least 32 channels for a narrow LSTM's term
             w, channels = cfg.pitch_window, max(32, cfg.n_embd // 8)
             drop = PITCH_DROPOUT * cfg.dropout
             self.local = PitchTerm(w, cfg.pitch_frames, channels, drop) if w else None
