@@ -663,6 +663,9 @@ def test_weight_drop_masks_the_recurrent_weights_once_per_batch():
     frames = (torch.rand(2, 7, 12) < 0.3).float()
     model.eval()
     assert torch.equal(model(frames), model(frames))
+    undropped = build_model({**cfg, "weight_drop": 0.0}, DataSpec("frames", [7, 12])).eval()
+    undropped.load_state_dict(model.state_dict())
+    assert torch.equal(model(frames), undropped(frames))
 
 
 def test_an_ensemble_averages_its_members_probabilities_and_trains_each_on_its_own_loss():
