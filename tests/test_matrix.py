@@ -94,8 +94,9 @@ VARIANTS: dict[str, list[str]] = {
     "frames@ensemble": [
         "model.backbone=lstm",
         "model.n_layer=1",
-        "model.members=[{weight_drop: 0.5},{pitch_window: 2, pitch_frames: 8}]",
+        "model.members=[{weight_drop: 0.5, notes: voices},{pitch_window: 2, pitch_frames: 8}]",
     ],
+    "frames@voice_notes": ["model.notes=voices", "model.pitch_window=2"],
     "diffusion@text": ["model.text=true", "model.text_width=16", "model.text_layers=1"],
     "flow@text": ["model.text=true", "model.text_width=16", "model.text_layers=1"],
     "flow@caption_folder": ["model.text=true", "model.text_width=16", "model.text_layers=1"],

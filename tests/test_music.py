@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from aigc_cli.data.music import (
     PIECE,
@@ -706,6 +707,78 @@ def test_an_ensemble_averages_its_members_probabilities_and_trains_each_on_its_o
     assert torch.all((freq - want).abs() <= 4 * (want * (1 - want) / n).sqrt() + 2e-3)
 
 
+def test_voice_notes_sound_when_some_voice_sings_them():
+    """notes=voices: by hand, voices singing keys 0 or 1 (½ each) and 0 or rest (½ each) sound
+    key 0 with probability 1 - ½·½ and key 1 with ½, key 2 never; and for any logits, drawing
+    each voice's key on its own sounds each key as often as its probability says (20000
+    draws)."""
+    from aigc_cli.models.frames import notes_from_voices
+
+    half, never = math.log(0.5), -1e4
+    logits = torch.tensor([[half, half, never, never], [half, never, never, half]])
+    p = notes_from_voices(logits).sigmoid()
+    assert torch.allclose(p, torch.tensor([0.75, 0.5, 0.0]), atol=1e-6)
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 7) * 2  # four voices over six keys and a rest
+    n = 20000
+    keys = torch.distributions.Categorical(logits=logits).sample((n,))  # (n, 4)
+    sounding = F.one_hot(keys, 7)[..., :6].amax(1).float()  # a rest sounds nothing
+    want = notes_from_voices(logits).sigmoid()
+    freq = sounding.mean(0)
+    assert torch.all((freq - want).abs() <= 4 * (want * (1 - want) / n).sqrt())
+
+
+def test_frames_of_four_part_pieces_carry_each_voices_key():
+    """Frames of four-part pieces come with each voice's key per step (88 for a rest, the lower
+    key for a voice singing two), by hand and on the tunes, where the keys sound exactly the
+    frame; a transposed window moves them with its notes, and keys shifted off the keyboard
+    rest."""
+    from aigc_cli.build import build_data
+    from aigc_cli.data.music import KEYS, shift_keys, voice_keys
+
+    voices = torch.zeros(4, 88, 3, dtype=torch.bool)
+    voices[0, 40, 0] = voices[1, 50, :2] = voices[3, 70, 1] = voices[3, 67, 1] = True
+    assert voice_keys(voices).tolist() == [[40, 50, KEYS, KEYS], [KEYS, 50, KEYS, 67],
+                                           [KEYS] * 4]  # fmt: skip
+    keys = torch.tensor([[[0, 87, KEYS, 40]], [[3, 1, KEYS, 86]]], dtype=torch.uint8)
+    moved = shift_keys(keys, torch.tensor([-1, 2]))
+    assert moved.tolist() == [[[KEYS, 86, KEYS, 39]], [[5, 3, KEYS, KEYS]]]
+
+    data = build_data({"name": "tunes", "representation": "frames", "window": 16, "augment": 3})
+    assert data.spec.extra["music"]["voice_labels"] == 4
+    for frames, _, keys in [data.take("test", torch.arange(8)), next(data.train_iter(8, 1))]:
+        sung = F.one_hot(keys.long(), KEYS + 1)[..., :KEYS].amax(2).float()
+        assert torch.equal(sung, frames)  # also for transposed windows: keys moved with notes
+    plain = build_data({"name": "tunes", "representation": "voices", "window": 16})
+    assert "voice_labels" not in plain.spec.extra["music"] and len(plain.test) == 2
+
+
+def test_voice_notes_loss_by_hand():
+    """With its head at zero, a voices model gives each voice's 88 keys and rest 1/89 each, so a
+    four-note frame costs, by hand, 4 ln 89 for the voices' keys plus the notes' own
+    negative log-likelihood with p = 1 - (88/89)^4 for every key; and it scores (evaluates)
+    the notes alone."""
+    from aigc_cli.build import build_model
+    from aigc_cli.data.base import DataSpec
+
+    music = {"music": {"voice_labels": 4}}
+    model = build_model({"name": "frames", "backbone": "lstm", "n_embd": 16, "notes": "voices"},
+                        DataSpec("frames", [5, 88], extra=music))  # fmt: skip
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.zeros_(model.head.bias)
+    keys = torch.tensor([40, 52, 55, 60])
+    frames = torch.zeros(1, 5, 88)
+    frames[0, :, keys] = 1
+    labels = keys.expand(1, 5, 4).to(torch.uint8)
+    p = 1 - (88 / 89) ** 4
+    notes = -4 * math.log(p) - 84 * math.log(1 - p)
+    batch = (frames, torch.tensor([3]), labels)
+    assert model.mean_nll(batch).item() == pytest.approx(notes + 4 * math.log(89), rel=1e-5)
+    out = model.evaluate(batch)
+    assert out["frame_nll"].item() / out["n"].item() == pytest.approx(notes, rel=1e-5)
+
+
 def test_bad_ensembles_and_weight_drop_are_one_line_each():
     from aigc_cli.build import build_model
     from aigc_cli.data.base import DataSpec
@@ -720,6 +793,7 @@ def test_bad_ensembles_and_weight_drop_are_one_line_each():
         ({"weight_drop": 0.5}, "set model.backbone=lstm"),
         ({"backbone": "lstm", "weight_drop": 1.0}, r"must be in \[0, 1\)"),
         ({"pitch_frames": 2}, "must be >= 4"),
+        ({"notes": "voices"}, "four-part pieces that keep their voices"),
     ]
     for settings, message in bad:
         with pytest.raises(ConfigError, match=message):
@@ -727,8 +801,9 @@ def test_bad_ensembles_and_weight_drop_are_one_line_each():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head", [["model.notes=ordered"], ["model.pitch_window=3"]],
-                         ids=["ordered", "pitch_window"])  # fmt: skip
+@pytest.mark.parametrize("head", [["model.notes=ordered"], ["model.pitch_window=3"],
+                                  ["model.notes=voices", "model.pitch_window=2"]],
+                         ids=["ordered", "pitch_window", "voices"])  # fmt: skip
 def test_lstm_frames_train_sample_and_export_to_onnx(tmp_path, head):
     """The LSTM frame models through the command line, as a user runs them: trains on the
     tunes, writes pieces, and the ONNX graph scores frames as PyTorch does (the same nats, or

@@ -2,7 +2,8 @@
 grid, the split, transposition to C, and the representations the families train on.
 
     roll          (1, pitches, window) images, pitch × time, 0/1: VAE, GAN, diffusion, flow
-    frames        (window, 88) frame sequences with their lengths: the frame models
+    frames        (window, 88) frame sequences with their lengths (and, for four-part
+                  pieces, each voice's key at each step): the frame models
     voices        (window, 4 × 88) the same with each voice on its own keys, bass first
                   (four-part data): samples keep their voices
     frame_tokens  text: each frame its sounding pitches low to high, then a newline, so a
@@ -326,21 +327,30 @@ def frame_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> 
             hint="use dataset=chorales or dataset=tunes, or dataset.representation=frames",
         )
     width = VOICES * KEYS if voiced else KEYS
+    # Frames of four-part pieces carry each voice's key as a label (model.notes=voices).
+    labelled = not voiced and all(p.voices is not None for ps in parts.values() for p in ps)
 
-    def windows(pieces: list[Piece]) -> tuple[Tensor, Tensor]:
-        xs, lengths = [], []
+    def windows(pieces: list[Piece]) -> tuple[Tensor, ...]:
+        xs, lengths, labels = [], [], []
         for p in pieces:
             frames = (p.voices.flatten(0, 1) if voiced else p.roll).t()  # (steps, width)
+            keys = voice_keys(p.voices) if labelled else None
             for start in range(0, frames.shape[0], cfg.window):
                 chunk = frames[start : start + cfg.window]
                 w = torch.zeros(cfg.window, width, dtype=torch.uint8)
                 w[: chunk.shape[0]] = chunk.to(torch.uint8)
                 xs.append(w)
                 lengths.append(chunk.shape[0])
-        return torch.stack(xs), torch.tensor(lengths)
+                if keys is not None:
+                    k = torch.full((cfg.window, VOICES), KEYS, dtype=torch.uint8)
+                    k[: chunk.shape[0]] = keys[start : start + cfg.window]
+                    labels.append(k)
+        out = (torch.stack(xs), torch.tensor(lengths))
+        return (*out, torch.stack(labels)) if labelled else out
 
     train, test = windows(parts["train"]), windows(parts["test"])
     music = {**music, "voices": VOICES} if voiced else music
+    music = {**music, "voice_labels": VOICES} if labelled else music
     spec = DataSpec(kind="frames", shape=[cfg.window, width], binary=True, extra={"music": music})
     data = FrameData(spec, train, test)
     data.augment, data.groups = cfg.augment, VOICES if voiced else 1
@@ -351,6 +361,14 @@ def frame_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> 
         [p.voices for p in parts["test"]] if voiced else None,
     )
     return data
+
+
+def voice_keys(voices: Tensor) -> Tensor:
+    """(VOICES, 88, steps) voices → (steps, VOICES) uint8: the key each voice sings at each
+    step, KEYS where it rests (a voice that sings two keys at once is labelled with the lower)."""
+    sings = voices.any(1)  # (VOICES, steps)
+    key = voices.to(torch.uint8).argmax(1)  # the first (lowest) key that sounds
+    return torch.where(sings, key, KEYS).t().to(torch.uint8)
 
 
 class Transposed(_EpochIterator):
@@ -365,12 +383,22 @@ class Transposed(_EpochIterator):
         self.augment, self.axis, self.groups = augment, axis, groups
 
     def __next__(self) -> Batch:
-        x, y = super().__next__()
+        x, y, *labels = super().__next__()
         g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 100_003 + self.pos)
         shifts = torch.randint(-self.augment, self.augment + 1, (x.shape[0],), generator=g)
-        return torch.stack(
+        x = torch.stack(
             [shift_pitch(w, int(k), self.axis, self.groups) for w, k in zip(x, shifts, strict=True)]
-        ), y
+        )
+        return (x, y, *(shift_keys(k, shifts) for k in labels))
+
+
+def shift_keys(keys: Tensor, shifts: Tensor) -> Tensor:
+    """(B, steps, VOICES) voice keys (KEYS for a rest), each window's moved by its shift; a key
+    shifted off the keyboard rests, as its note drops from the frames."""
+    k = keys.long()
+    moved = k + shifts.to(k.device).view(-1, *([1] * (k.dim() - 1)))
+    rest = (k == KEYS) | (moved < 0) | (moved >= KEYS)
+    return torch.where(rest, KEYS, moved).to(keys.dtype)
 
 
 def shift_pitch(x: Tensor, k: int, axis: int, groups: int = 1) -> Tensor:
@@ -412,9 +440,10 @@ class FrameData(MusicTensors):
 
     pitch_axis = 1
 
-    def take(self, split: str, idx: Tensor) -> tuple[Tensor, Tensor]:
-        x, lengths = self.train if split == "train" else self.test
-        return x[idx].float(), lengths[idx]
+    def take(self, split: str, idx: Tensor) -> Batch:
+        """(frames, lengths) and, for four-part pieces, each voice's keys."""
+        x, *rest = self.train if split == "train" else self.test
+        return (x[idx].float(), *(t[idx] for t in rest))
 
 
 def token_data(

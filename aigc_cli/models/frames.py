@@ -1,11 +1,14 @@
 """Music frames (the set of pitches sounding at each grid step), each given the frames before
 it: a causal transformer or an LSTM reads the past, then either each of the 88 notes gets its own
 Bernoulli probability (`notes=independent`, as the RNN, LSTM and TCN baselines of the JSB
-Chorales benchmark) or the notes of the frame are drawn low to high, each given the past and the
-notes below it, until a stop (`notes=ordered`, an exact likelihood of the whole frame, as RNN-NADE
-models it). `members` makes an ensemble of such models with independent notes, each trained on
-its own loss, whose note probabilities are averaged: the notes stay independent. The test figure
-is the frame negative log-likelihood in nats per time step (88 fair coins: 61.00)."""
+Chorales benchmark), or each of four voices picks one key or a rest and a note's probability is
+the chance that some voice sings it (`notes=voices`: still independent notes, learnt with each
+voice's key as a label from four-part data), or the notes of the frame are drawn low to high, each
+given the past and the notes below it, until a stop (`notes=ordered`, an exact likelihood of the
+whole frame, as RNN-NADE models it). `members` makes an ensemble of models with independent
+notes, each trained on its own loss, whose note probabilities are averaged: the notes stay
+independent. The test figure is the frame negative log-likelihood in nats per time step (88 fair
+coins: 61.00)."""
 
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ from aigc_cli.registry import MODELS
 from aigc_cli.results import Music
 
 BACKBONES = ("transformer", "lstm")
-NOTES = ("independent", "ordered")
+NOTES = ("independent", "voices", "ordered")
+INDEPENDENT = ("independent", "voices")  # what an ensemble can average
 # How many frames before a step the pitch-shift-equivariant term's first layer reads: one 4/4 bar
 # on the quarter grid, enough to see how long each note has been held.
 LOCAL_FRAMES = 4
@@ -49,7 +53,7 @@ class FrameModel(GenerativeModel):
     class Config:
         name: str = "frames"
         backbone: str = "transformer"  # transformer | lstm: what reads the frames before a step
-        notes: str = "independent"  # independent: 88 Bernoulli | ordered: low to high (exact)
+        notes: str = "independent"  # independent | voices: 88 Bernoulli | ordered: exact
         n_layer: int = 3  # transformer blocks or LSTM layers
         n_head: int = 4  # attention heads (transformer)
         n_embd: int = 128  # width
@@ -64,10 +68,10 @@ class FrameModel(GenerativeModel):
         check(cfg.backbone in BACKBONES, "model.backbone", f"choose from: {', '.join(BACKBONES)}")
         check(cfg.notes in NOTES, "model.notes", f"choose from: {', '.join(NOTES)}")
         check(cfg.n_embd % cfg.n_head == 0, "model.n_embd", "must be a multiple of model.n_head")
-        check(not cfg.members or cfg.notes == "independent", "model.members",
+        check(not cfg.members or cfg.notes in INDEPENDENT, "model.members",
               "averages independent notes; set model.notes=independent")  # fmt: skip
-        check(cfg.pitch_window == 0 or cfg.notes == "independent", "model.pitch_window",
-              "works with model.notes=independent only; set it to 0")  # fmt: skip
+        check(cfg.pitch_window == 0 or cfg.notes in INDEPENDENT, "model.pitch_window",
+              "works with independent notes only; set it to 0")  # fmt: skip
         check(cfg.pitch_window >= 0, "model.pitch_window", "must be >= 0")
         check(cfg.pitch_frames >= LOCAL_FRAMES, "model.pitch_frames", f"must be >= {LOCAL_FRAMES}")
         check(0.0 <= cfg.weight_drop < 1.0, "model.weight_drop", "must be in [0, 1)")
@@ -76,6 +80,11 @@ class FrameModel(GenerativeModel):
         self.window, keys = data.shape
         self.keys = keys
         self.music = music_spec(data) or {}
+        self.voices = int(self.music.get("voice_labels", 0)) if cfg.notes == "voices" else 0
+        check(cfg.notes != "voices" or self.voices, "model.notes",
+              "voices learns each voice's key from four-part pieces that keep their voices; "
+              "use dataset=chorales or dataset=tunes with dataset.representation=frames, "
+              "or model.notes=independent")  # fmt: skip
         self.members = nn.ModuleList(self.member(entry, data) for entry in cfg.members)
         if cfg.members:
             return
@@ -90,8 +99,8 @@ class FrameModel(GenerativeModel):
         else:
             self.lstm = nn.LSTM(cfg.n_embd, cfg.n_embd, cfg.n_layer, batch_first=True,
                                 dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)  # fmt: skip
-        if cfg.notes == "independent":
-            self.head = nn.Linear(cfg.n_embd, keys)
+        if cfg.notes in INDEPENDENT:  # voices: each voice's keys and its rest
+            self.head = nn.Linear(cfg.n_embd, self.voices * (keys + 1) if self.voices else keys)
             # The same weights at every key: "a note held, or a step away from one, comes next"
             # is learnt once for all 88 keys rather than per key from ~200 pieces.
             # an eighth of the width, but at least 32 channels for a narrow LSTM's term
@@ -121,7 +130,8 @@ class FrameModel(GenerativeModel):
         check("members" not in entry, "model.members", "a member cannot hold members")
         shared = {k: v for k, v in asdict(self.cfg).items() if k != "members"}
         cfg = validate("model.members", FrameModel.Config, {**shared, **entry})
-        check(cfg.notes == "independent", "model.members", "members have independent notes")
+        check(cfg.notes in INDEPENDENT, "model.members", "members have independent notes: "
+              "notes independent or voices")  # fmt: skip
         return FrameModel(cfg, data)
 
     def context(self, frames: Tensor) -> Tensor:
@@ -165,6 +175,8 @@ class FrameModel(GenerativeModel):
             off = torch.logsumexp(F.logsigmoid(-logits), 0) - n
             return on - off
         h = self.context(frames)
+        if self.voices:
+            return notes_from_voices(self.voice_logits(h, frames))
         if self.cfg.notes == "independent":
             return self.independent_logits(h, frames)
         return self.ordered_nll(h, frames)
@@ -177,6 +189,16 @@ class FrameModel(GenerativeModel):
             return logits
         prev = F.pad(frames, (0, 0, 1, 0))[:, :-1]  # at step t, frame t - 1 (zeros before)
         return logits + self.local(prev.to(logits.dtype))
+
+    def voice_logits(self, h: Tensor, frames: Tensor) -> Tensor:
+        """(B, T, C) contexts and the (B, T, keys) frames → (B, T, voices, keys + 1) logits of
+        each voice's key or rest (the last); the pitch term adds to every voice's keys."""
+        logits = self.head(h).unflatten(-1, (self.voices, self.keys + 1))
+        if self.local is None:
+            return logits
+        prev = F.pad(frames, (0, 0, 1, 0))[:, :-1]  # at step t, frame t - 1 (zeros before)
+        local = F.pad(self.local(prev.to(logits.dtype)), (0, 1))  # nothing added to the rest
+        return logits + local[:, :, None]
 
     def note_logits(self, h: Tensor, below: Tensor, drawn: Tensor, rank: Tensor) -> Tensor:
         """Logits over the keys and "stop" of the next note of a frame, given the context `h`,
@@ -208,7 +230,7 @@ class FrameModel(GenerativeModel):
     def frame_nll(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Each sample's summed negative log-likelihood of its frames, and its frame count."""
         frames, lengths = batch[0].float(), batch[1].long()
-        if self.cfg.notes == "independent":
+        if self.cfg.notes in INDEPENDENT:
             logits = self(frames)
             nll = F.binary_cross_entropy_with_logits(logits, frames, reduction="none").sum(-1)
         else:
@@ -225,8 +247,18 @@ class FrameModel(GenerativeModel):
         yield Stage("model", self.mean_nll(batch), {})
 
     def mean_nll(self, batch: Batch) -> Tensor:
-        nll, frames = self.frame_nll(batch)
-        return nll.sum() / frames.sum()
+        """The training loss: the frames' negative log-likelihood per step and, for
+        `notes=voices`, that of each voice's key (its label) per step as well."""
+        if not self.voices:
+            nll, frames = self.frame_nll(batch)
+            return nll.sum() / frames.sum()
+        x, lengths, keys = batch[0].float(), batch[1].long(), batch[2].long()
+        voices = self.voice_logits(self.context(x), x).float()  # one pass: one weight-drop mask
+        nll = F.binary_cross_entropy_with_logits(notes_from_voices(voices), x, reduction="none")
+        ce = F.cross_entropy(voices.flatten(0, 2), keys.flatten(), reduction="none")
+        valid = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
+        per_step = nll.sum(-1) + ce.view_as(keys).sum(-1)
+        return (per_step * valid).sum() / valid.sum()
 
     @torch.no_grad()
     def evaluate(self, batch: Batch, **options: Any) -> dict[str, Tensor]:
@@ -234,8 +266,9 @@ class FrameModel(GenerativeModel):
         return {"frame_nll": nll.sum(), "n": frames.sum()}
 
     def describe_metrics(self, options: dict[str, Any]) -> dict[str, str]:
-        how = ("88 independent Bernoulli notes" if self.cfg.notes == "independent" else
-               "the notes of a frame low to high, exact")  # fmt: skip
+        how = {"independent": "88 independent Bernoulli notes",
+               "voices": "88 independent Bernoulli notes, each the chance some voice sings it",
+               "ordered": "the notes of a frame low to high, exact"}[self.cfg.notes]  # fmt: skip
         return {"frame_nll": "negative log-likelihood of the test frames, nats per time step "
                 f"({how}; 88 fair coins score 61.00)"}  # fmt: skip
 
@@ -247,7 +280,7 @@ class FrameModel(GenerativeModel):
             return {"frames": (torch.rand(n, steps, keys) < 0.1).float()}
 
         frames = f"frames (batch, steps ≤ {self.window}, {keys}) 0/1"
-        if self.cfg.notes == "independent":
+        if self.cfg.notes in INDEPENDENT:
             out = "logits"
             about = f"{frames} → logits of each frame's {keys} notes given the frames before it"
         else:
@@ -255,7 +288,7 @@ class FrameModel(GenerativeModel):
             about = (f"{frames} → each frame's negative log-likelihood (nats) given the frames "
                      "before it, its notes drawn low to high")  # fmt: skip
         dynamic = {"frames": {0: "batch", 1: "steps"}, out: {0: "batch", 1: "steps"}}
-        graph = self if self.cfg.notes == "independent" else _TracedScores(self)
+        graph = self if self.cfg.notes in INDEPENDENT else _TracedScores(self)
         return [OnnxGraph("frames", graph, example, [out], dynamic, about)]
 
     @torch.no_grad()
@@ -268,7 +301,7 @@ class FrameModel(GenerativeModel):
         check(1 <= steps <= self.window, "steps", f"{steps} must be in [1, {self.window}]")
         frames = torch.zeros(n, steps, self.keys, device=self.device)
         for t in range(steps):
-            if self.cfg.notes == "independent":
+            if self.cfg.notes in INDEPENDENT:
                 p = self(frames[:, : t + 1])[:, t].sigmoid()  # (n, keys)
                 u = torch.rand(p.shape, generator=generator).to(p.device)
                 frames[:, t] = (u < p).float()
@@ -293,6 +326,17 @@ class FrameModel(GenerativeModel):
             frame[live, note[live]] = 1.0
             below = torch.where(live, note, below)
         return frame
+
+
+def notes_from_voices(logits: Tensor) -> Tensor:
+    """(..., voices, keys + 1) logits of each voice's key or rest (the last) → (..., keys)
+    logits of each key sounding: the chance that some voice sings it, 1 - prod(1 - q), with the
+    voices drawn independently. In float32 and log space: a key no voice is likely to sing
+    gets a logit far below zero, not a rounded 0."""
+    q = logits.float().log_softmax(-1)[..., :-1]  # (..., voices, keys) log chance it sings k
+    off = torch.log1p(-q.exp().clamp(max=1 - 1e-6)).sum(-2)  # log chance that no voice does
+    off = off.clamp(max=-1e-12)
+    return torch.log(-torch.expm1(off)) - off
 
 
 class PitchTerm(nn.Module):
