@@ -221,6 +221,17 @@ def test_bad_exports_are_one_line_and_overwrite_nothing(make_cfg, tmp_path, monk
         _export(run, out, format="onnx", overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # a failed replace keeps it
     assert not list(tmp_path.glob(".e.*"))  # and leaves no half-written folder
+    from aigc_cli.models.base import OnnxGraph
+
+    class Unsupported(torch.nn.Module):  # ONNX has no expm1: the exporter refuses the graph
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.expm1(x)
+
+    graph = OnnxGraph("odd", Unsupported(), lambda n: {"x": torch.randn(n, 3)}, ["y"])
+    monkeypatch.setattr(VAE, "onnx_graphs", lambda self: [graph])
+    with pytest.raises(ConfigError, match=r"model 'vae' cannot be exported to ONNX: .*expm1"):
+        _export(run, out, format="onnx", overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
     with pytest.raises(ConfigError, match=r"pip install 'aigc\[export\]'"):
         _export(run, tmp_path / "g", format="onnx")

@@ -728,6 +728,20 @@ def test_voice_notes_sound_when_some_voice_sings_them():
     freq = sounding.mean(0)
     assert torch.all((freq - want).abs() <= 4 * (want * (1 - want) / n).sqrt())
 
+    # confident voices: a key a voice is all but sure to sing, or that none will, keeps its
+    # logit (float32 against float64 with each "not k" as the log-sum of the other classes)
+    logits = torch.randn(32, 4, 89, generator=torch.Generator().manual_seed(2)) * 20
+    x = logits.double()
+    log_all = x.logsumexp(-1, keepdim=True)
+    others = x.unsqueeze(-2).expand(*x.shape, 89).masked_fill(torch.eye(89, dtype=torch.bool),
+                                                              -math.inf)  # fmt: skip
+    silent = (others.logsumexp(-1) - log_all)[..., :-1]
+    first = (x - log_all)[..., :-1] + silent.cumsum(-2) - silent  # voice v is the first
+    want = first.logsumexp(-2) - silent.sum(-2)
+    got = notes_from_voices(logits).double()
+    assert want.abs().max() > 50  # logits far from zero on both sides
+    assert torch.all((got - want).abs() <= 1e-5 * (1 + want.abs()))
+
 
 def test_frames_of_four_part_pieces_carry_each_voices_key():
     """Frames of four-part pieces come with each voice's key per step (88 for a rest, the lower
@@ -777,6 +791,28 @@ def test_voice_notes_loss_by_hand():
     assert model.mean_nll(batch).item() == pytest.approx(notes + 4 * math.log(89), rel=1e-5)
     out = model.evaluate(batch)
     assert out["frame_nll"].item() / out["n"].item() == pytest.approx(notes, rel=1e-5)
+
+
+def test_an_ensemble_of_confident_members_exports_to_onnx_exactly(tmp_path):
+    """Members sure of their notes (logits near ±12) export with the ensemble's logits within
+    the export's tolerance; onnxruntime's sigmoid is exact only to about 1e-7, which a log of a
+    probability near 1e-5 would magnify past it."""
+    pytest.importorskip("onnxruntime")
+    from aigc_cli.build import build_model
+    from aigc_cli.data.base import DataSpec
+    from aigc_cli.store.onnx import TOLERANCE, export_onnx
+
+    music = {"music": {"voice_labels": 4}}
+    cfg = {"name": "frames", "backbone": "lstm", "n_embd": 16, "dropout": 0.0,
+           "members": [{"notes": "voices", "pitch_window": 2}, {"pitch_window": 2}]}  # fmt: skip
+    model = build_model(cfg, DataSpec("frames", [6, 88], extra=music))
+    torch.manual_seed(0)
+    voices, plain = model.members
+    with torch.no_grad():
+        voices.head.bias.copy_(torch.randn_like(voices.head.bias) * 6)
+        plain.head.bias.copy_(torch.randn_like(plain.head.bias) * 12)
+    (graph,) = export_onnx(model, tmp_path, torch.device("cpu"))
+    assert graph["max_diff"] <= TOLERANCE
 
 
 def test_bad_ensembles_and_weight_drop_are_one_line_each():

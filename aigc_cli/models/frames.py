@@ -171,8 +171,10 @@ class FrameModel(GenerativeModel):
         if len(self.members):
             logits = torch.stack([m(frames).float() for m in self.members])
             n = math.log(len(self.members))
-            on = torch.logsumexp(F.logsigmoid(logits), 0) - n  # log of the mean probability
-            off = torch.logsumexp(F.logsigmoid(-logits), 0) - n
+            # log sigmoid as -softplus: onnxruntime's sigmoid is exact only to ~1e-7 absolute,
+            # which a log of an unlikely note's probability magnifies
+            on = torch.logsumexp(-F.softplus(-logits), 0) - n  # log of the mean probability
+            off = torch.logsumexp(-F.softplus(logits), 0) - n
             return on - off
         h = self.context(frames)
         if self.voices:
@@ -330,13 +332,24 @@ class FrameModel(GenerativeModel):
 
 def notes_from_voices(logits: Tensor) -> Tensor:
     """(..., voices, keys + 1) logits of each voice's key or rest (the last) → (..., keys)
-    logits of each key sounding: the chance that some voice sings it, 1 - prod(1 - q), with the
-    voices drawn independently. In float32 and log space: a key no voice is likely to sing
-    gets a logit far below zero, not a rounded 0."""
-    q = logits.float().log_softmax(-1)[..., :-1]  # (..., voices, keys) log chance it sings k
-    off = torch.log1p(-q.exp().clamp(max=1 - 1e-6)).sum(-2)  # log chance that no voice does
-    off = off.clamp(max=-1e-12)
-    return torch.log(-torch.expm1(off)) - off
+    logits of each key sounding: the chance that some voice sings it, with the voices drawn
+    independently: 1 - prod(1 - q) is the chance that voice v is the first to sing it, summed
+    over v, q_v prod_{u<v} (1 - q_u). In float32 log space from sums of positive terms only, so
+    that neither a key no voice is likely to sing nor one a voice is sure to sing loses its
+    logit to rounding (and in ONNX, which has no log1p, as in PyTorch)."""
+    x = logits.float()
+    top = x.amax(-1, keepdim=True)
+    e = torch.exp(x - top)  # 1 at the largest logit
+    total = e.sum(-1, keepdim=True)
+    # Σ over the other classes: total - e loses nothing unless e is the one 1 in a sum of
+    # tiny terms; there, add up the rest instead
+    is_top = x == top
+    rest = (e * ~is_top).sum(-1, keepdim=True) + (is_top.sum(-1, keepdim=True) - 1)  # ties
+    others = torch.where(is_top, rest, total - e).clamp(min=1e-38)
+    q = (x - top - total.log())[..., :-1]  # (..., voices, keys) log chance v sings k
+    silent = (others.log() - total.log())[..., :-1]  # log chance v does not
+    before = silent.cumsum(-2) - silent  # log chance no voice below v sings it
+    return torch.logsumexp(q + before, -2) - silent.sum(-2)
 
 
 class PitchTerm(nn.Module):

@@ -50,11 +50,16 @@ def export_onnx(model: Any, folder: Path, device: torch.device) -> list[dict[str
             # The tracer's notes on Python-side shape checks (constant in every graph) and the
             # exporter's deprecation notice are not the user's business.
             warnings.simplefilter("ignore")
-            torch.onnx.export(
-                g.module, tuple(v.to(device) for v in inputs.values()), str(path),
-                input_names=names, output_names=g.outputs, dynamic_axes=g.dynamic,
-                opset_version=OPSET, dynamo=False,
-            )  # fmt: skip
+            try:
+                torch.onnx.export(
+                    g.module, tuple(v.to(device) for v in inputs.values()), str(path),
+                    input_names=names, output_names=g.outputs, dynamic_axes=g.dynamic,
+                    opset_version=OPSET, dynamo=False,
+                )  # fmt: skip
+            except torch.onnx.errors.OnnxExporterError as e:
+                what = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ConfigError(f"model '{model.cfg.name}' cannot be exported to ONNX: {what}",
+                                  hint="use format=safetensors") from e  # fmt: skip
         diff = check_graph(g, path, device)
         out.append({"file": path.name, "inputs": names, "outputs": g.outputs,
                     "about": g.about, "max_diff": diff, "tolerance": TOLERANCE})  # fmt: skip
