@@ -789,6 +789,9 @@ def test_voice_notes_loss_by_hand():
     notes = -4 * math.log(p) - 84 * math.log(1 - p)
     batch = (frames, torch.tensor([3]), labels)
     assert model.mean_nll(batch).item() == pytest.approx(notes + 4 * math.log(89), rel=1e-5)
+    (stage,) = model.training_step(batch, 0)  # both terms logged, the loss their sum
+    assert stage.scalars["frame_nll"].item() == pytest.approx(notes, rel=1e-5)
+    assert stage.scalars["voice_keys"].item() == pytest.approx(4 * math.log(89), rel=1e-5)
     out = model.evaluate(batch)
     assert out["frame_nll"].item() / out["n"].item() == pytest.approx(notes, rel=1e-5)
 

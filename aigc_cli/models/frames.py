@@ -242,25 +242,34 @@ class FrameModel(GenerativeModel):
 
     def training_step(self, batch: Batch, step: int, noise: Noise = LOCAL) -> Iterator[Stage]:
         if len(self.members):  # each member on its own loss: averaged, they do not co-adapt
-            losses = [m.mean_nll(batch) for m in self.members]
-            scalars = {f"member{i}": loss.detach() for i, loss in enumerate(losses)}
+            terms = [m.loss_terms(batch) for m in self.members]
+            losses = [sum(t.values()) for t in terms]
+            scalars = {f"member{i}{'' if k == 'frame_nll' else '_' + k}": v.detach()
+                       for i, t in enumerate(terms) for k, v in t.items()}  # fmt: skip
             yield Stage("model", torch.stack(losses).mean(), scalars)
             return
-        yield Stage("model", self.mean_nll(batch), {})
+        terms = self.loss_terms(batch)
+        scalars = {k: v.detach() for k, v in terms.items()} if len(terms) > 1 else {}
+        yield Stage("model", sum(terms.values()), scalars)
 
     def mean_nll(self, batch: Batch) -> Tensor:
-        """The training loss: the frames' negative log-likelihood per step and, for
-        `notes=voices`, that of each voice's key (its label) per step as well."""
+        """The training loss (the sum of `loss_terms`)."""
+        return sum(self.loss_terms(batch).values())
+
+    def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
+        """The frames' negative log-likelihood per step (frame_nll) and, for `notes=voices`,
+        that of each voice's key, its label, per step as well (voice_keys)."""
         if not self.voices:
             nll, frames = self.frame_nll(batch)
-            return nll.sum() / frames.sum()
+            return {"frame_nll": nll.sum() / frames.sum()}
         x, lengths, keys = batch[0].float(), batch[1].long(), batch[2].long()
         voices = self.voice_logits(self.context(x), x).float()  # one pass: one weight-drop mask
         nll = F.binary_cross_entropy_with_logits(notes_from_voices(voices), x, reduction="none")
         ce = F.cross_entropy(voices.flatten(0, 2), keys.flatten(), reduction="none")
         valid = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
-        per_step = nll.sum(-1) + ce.view_as(keys).sum(-1)
-        return (per_step * valid).sum() / valid.sum()
+        steps = valid.sum()
+        return {"frame_nll": (nll.sum(-1) * valid).sum() / steps,
+                "voice_keys": (ce.view_as(keys).sum(-1) * valid).sum() / steps}  # fmt: skip
 
     @torch.no_grad()
     def evaluate(self, batch: Batch, **options: Any) -> dict[str, Tensor]:
