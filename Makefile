@@ -40,7 +40,7 @@ sample: $(STAMP) ## sample the newest run; ARGS="run=<dir> n=16"
 serve: $(STAMP) ## serve the newest run over HTTP (page at http://127.0.0.1:8000/); ARGS="models=[<export>]"
 	$(AIGC) serve $(ARGS)
 
-test: $(STAMP) ## the tests CI must pass: all but the `full` ones (about 7 min on 2 cores)
+test: $(STAMP) ## the tests CI must pass: all but the `full` ones (README gives the time it took)
 	$(PY) -m pytest -q -m "not full" $(ARGS)
 
 test-all: $(STAMP) ## every test: also the whole combination-matrix product and the GPU script's CPU smoke run
