@@ -189,8 +189,13 @@ class FrameModel(GenerativeModel):
         logits = self.head(h)
         if self.local is None:
             return logits
+        return logits + self.pitch_term(frames, logits.dtype)
+
+    def pitch_term(self, frames: Tensor, dtype: torch.dtype) -> Tensor:
+        """(B, T, keys) frames → (B, T, keys) the pitch-shift-equivariant term's logits, each
+        step's read from the frames before it."""
         prev = F.pad(frames, (0, 0, 1, 0))[:, :-1]  # at step t, frame t - 1 (zeros before)
-        return logits + self.local(prev.to(logits.dtype))
+        return self.local(prev.to(dtype))
 
     def voice_logits(self, h: Tensor, frames: Tensor) -> Tensor:
         """(B, T, C) contexts and the (B, T, keys) frames → (B, T, voices, keys + 1) logits of
@@ -198,8 +203,7 @@ class FrameModel(GenerativeModel):
         logits = self.head(h).unflatten(-1, (self.voices, self.keys + 1))
         if self.local is None:
             return logits
-        prev = F.pad(frames, (0, 0, 1, 0))[:, :-1]  # at step t, frame t - 1 (zeros before)
-        local = F.pad(self.local(prev.to(logits.dtype)), (0, 1))  # nothing added to the rest
+        local = F.pad(self.pitch_term(frames, logits.dtype), (0, 1))  # nothing for the rest
         return logits + local[:, :, None]
 
     def note_logits(self, h: Tensor, below: Tensor, drawn: Tensor, rank: Tensor) -> Tensor:
