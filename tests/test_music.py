@@ -691,7 +691,7 @@ def test_an_ensemble_averages_its_members_probabilities_and_trains_each_on_its_o
 
     batch = (x, torch.tensor([6, 4]))
     (stage,) = model.training_step(batch, 0)
-    own = [m.mean_nll(batch) for m in model.members]
+    own = [sum(m.loss_terms(batch).values()) for m in model.members]
     assert stage.loss.item() == pytest.approx((own[0].item() + own[1].item()) / 2, rel=1e-6)
     stage.loss.backward()
     together = first.head.weight.grad.clone()
@@ -788,7 +788,9 @@ def test_voice_notes_loss_by_hand():
     p = 1 - (88 / 89) ** 4
     notes = -4 * math.log(p) - 84 * math.log(1 - p)
     batch = (frames, torch.tensor([3]), labels)
-    assert model.mean_nll(batch).item() == pytest.approx(notes + 4 * math.log(89), rel=1e-5)
+    assert sum(model.loss_terms(batch).values()).item() == pytest.approx(
+        notes + 4 * math.log(89), rel=1e-5
+    )
     (stage,) = model.training_step(batch, 0)  # both terms logged, the loss their sum
     assert stage.scalars["frame_nll"].item() == pytest.approx(notes, rel=1e-5)
     assert stage.scalars["voice_keys"].item() == pytest.approx(4 * math.log(89), rel=1e-5)

@@ -330,21 +330,23 @@ def frame_data(parts: dict[str, list[Piece]], cfg: MusicConfig, music: dict) -> 
     # Frames of four-part pieces carry each voice's key as a label (model.notes=voices).
     labelled = not voiced and all(p.voices is not None for ps in parts.values() for p in ps)
 
+    def cut(rows: Tensor, start: int, fill: int) -> Tensor:
+        """(steps, n) rows → the window from `start`, padded with `fill` past the piece's end."""
+        chunk = rows[start : start + cfg.window]
+        w = torch.full((cfg.window, rows.shape[1]), fill, dtype=torch.uint8)
+        w[: chunk.shape[0]] = chunk.to(torch.uint8)
+        return w
+
     def windows(pieces: list[Piece]) -> tuple[Tensor, ...]:
         xs, lengths, labels = [], [], []
         for p in pieces:
             frames = (p.voices.flatten(0, 1) if voiced else p.roll).t()  # (steps, width)
             keys = voice_keys(p.voices) if labelled else None
             for start in range(0, frames.shape[0], cfg.window):
-                chunk = frames[start : start + cfg.window]
-                w = torch.zeros(cfg.window, width, dtype=torch.uint8)
-                w[: chunk.shape[0]] = chunk.to(torch.uint8)
-                xs.append(w)
-                lengths.append(chunk.shape[0])
-                if keys is not None:
-                    k = torch.full((cfg.window, VOICES), KEYS, dtype=torch.uint8)
-                    k[: chunk.shape[0]] = keys[start : start + cfg.window]
-                    labels.append(k)
+                xs.append(cut(frames, start, 0))
+                lengths.append(min(cfg.window, frames.shape[0] - start))
+                if keys is not None:  # a rest past the piece's end
+                    labels.append(cut(keys, start, KEYS))
         out = (torch.stack(xs), torch.tensor(lengths))
         return (*out, torch.stack(labels)) if labelled else out
 

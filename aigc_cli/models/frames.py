@@ -256,10 +256,6 @@ class FrameModel(GenerativeModel):
         scalars = {k: v.detach() for k, v in terms.items()} if len(terms) > 1 else {}
         yield Stage("model", sum(terms.values()), scalars)
 
-    def mean_nll(self, batch: Batch) -> Tensor:
-        """The training loss (the sum of `loss_terms`)."""
-        return sum(self.loss_terms(batch).values())
-
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
         """The frames' negative log-likelihood per step (frame_nll) and, for `notes=voices`,
         that of each voice's key, its label, per step as well (voice_keys)."""
